@@ -1,0 +1,161 @@
+"""Settings for both services, read from the environment and validated once at start-up."""
+
+import math
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from shared.rules import Thresholds
+from shared.schemas import DNS_LABEL
+
+# The names below are a contract with the people who deploy us: see the README's table.
+DEFAULTS = {
+    "REDIS_URL": "redis://localhost:6379/0",
+    "REDIS_TIMEOUT_SECONDS": "2",
+    "AGENT_WEBHOOK_CONNECT_TIMEOUT_SECONDS": "2",
+    "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS": "5",
+    "COOLDOWN_SECONDS": "1800",
+    "CPU_WASTE_THRESHOLD": "0.5",
+    "CPU_UTILISATION_THRESHOLD": "0.85",
+    "PREDICTED_SPIKE_RATIO": "0.9",
+    "SAFE_DOWNSCALE_WASTE_THRESHOLD": "0.4",
+    "SAFE_DOWNSCALE_PEAK_RATIO": "0.6",
+    "ALLOWED_NAMESPACES": "default",
+    "MAX_DEPLOYMENTS": "5000",
+    "MAX_BODY_BYTES": str(4 * 1024 * 1024),
+    "LOG_LEVEL": "INFO",
+}
+
+# Every variable a service reads; a token may instead come from NAME_FILE (a secret mount).
+SETTING_NAMES = (
+    *DEFAULTS,
+    "AGENT_WEBHOOK_URL",
+    "COST_ENGINE_TOKEN",
+    "COST_ENGINE_TOKEN_FILE",
+    "FORECAST_TOKEN",
+    "FORECAST_TOKEN_FILE",
+)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable."""
+
+    # A RuntimeError, because gunicorn prints those as one "Error: ..." line and exits 1.
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one service needs, parsed and checked."""
+
+    redis_url: str
+    redis_timeout: float
+    webhook_url: str
+    webhook_connect_timeout: float
+    webhook_read_timeout: float
+    tokens: tuple[str, ...]
+    cooldown_seconds: int
+    thresholds: Thresholds
+    allowed_namespaces: frozenset[str]
+    max_deployments: int
+    max_body_bytes: int
+    log_level: str
+
+
+def _number(config, name, low, high, kind=float):
+    raw = config.get(name)
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+    if isinstance(raw, bool) or not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
+    return value
+
+
+def _required(config, name):
+    value = str(config.get(name) or "").strip()
+    if not value:
+        raise ConfigError(f"{name} is required")
+    return value
+
+
+def _tokens(config, name):
+    """Read NAME or the file named by NAME_FILE; several comma-separated tokens allow rotation."""
+    raw = config.get(name)
+    path = config.get(f"{name}_FILE")
+    if raw and path:
+        raise ConfigError(f"{name} and {name}_FILE are both set; set one")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE cannot be read: {exc.strerror}") from None
+    tokens = tuple(part.strip() for part in str(raw or "").split(",") if part.strip())
+    if not tokens:
+        raise ConfigError(f"{name} is required (or {name}_FILE)")
+    # Short tokens are guessable; the message must not echo the token itself.
+    if any(len(token) < 16 for token in tokens):
+        raise ConfigError(f"{name} must hold tokens of at least 16 characters")
+    return tokens
+
+
+def _webhook_url(config):
+    url = _required(config, "AGENT_WEBHOOK_URL")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"AGENT_WEBHOOK_URL must be an http(s) URL, got {url!r}")
+    return url
+
+
+def _namespaces(config):
+    names = frozenset(n.strip() for n in str(config["ALLOWED_NAMESPACES"]).split(",") if n.strip())
+    if not names or not all(DNS_LABEL.match(n) for n in names):
+        raise ConfigError("ALLOWED_NAMESPACES must be comma-separated DNS-1123 labels")
+    return names
+
+
+def _thresholds(config):
+    try:
+        return Thresholds(
+            cpu_waste=_number(config, "CPU_WASTE_THRESHOLD", 0, 1),
+            cpu_utilisation=_number(config, "CPU_UTILISATION_THRESHOLD", 0, 100),
+            predicted_spike_ratio=_number(config, "PREDICTED_SPIKE_RATIO", 0, 100),
+            downscale_waste=_number(config, "SAFE_DOWNSCALE_WASTE_THRESHOLD", 0, 1),
+            downscale_peak_ratio=_number(config, "SAFE_DOWNSCALE_PEAK_RATIO", 0, 100),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def read_environment(environ=None):
+    """Return the settings variables present in the environment."""
+    environ = os.environ if environ is None else environ
+    return {name: environ[name] for name in SETTING_NAMES if name in environ}
+
+
+def parse_settings(config, token_setting):
+    """Validate a mapping of raw settings into Settings; raise ConfigError naming the culprit."""
+    redis_url = _required(config, "REDIS_URL")
+    if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}")
+    log_level = str(config["LOG_LEVEL"]).upper()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    return Settings(
+        redis_url=redis_url,
+        redis_timeout=_number(config, "REDIS_TIMEOUT_SECONDS", 0.1, 60),
+        webhook_url=_webhook_url(config),
+        webhook_connect_timeout=_number(config, "AGENT_WEBHOOK_CONNECT_TIMEOUT_SECONDS", 0.1, 60),
+        webhook_read_timeout=_number(config, "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS", 0.1, 300),
+        tokens=_tokens(config, token_setting),
+        # At least one second, so two claims of one key can never carry the same value.
+        cooldown_seconds=_number(config, "COOLDOWN_SECONDS", 1, 7 * 24 * 3600, int),
+        thresholds=_thresholds(config),
+        allowed_namespaces=_namespaces(config),
+        max_deployments=_number(config, "MAX_DEPLOYMENTS", 1, 100_000, int),
+        max_body_bytes=_number(config, "MAX_BODY_BYTES", 1024, 256 * 1024 * 1024, int),
+        log_level=log_level,
+    )

@@ -1,0 +1,202 @@
+"""Marshmallow schemas for the two ingest payloads.
+
+A loaded payload is ready for the repository: `timestamp` becomes Unix seconds and each
+deployment becomes a flat dict named by the app hash's fields (`req_cpu`, `pred_cpu_peak`, ...).
+The deployment list is checked by one field in a single pass: nested schemas per entry cost
+ten times the JSON parsing on payloads with thousands of deployments.
+"""
+
+import math
+import re
+import time
+from datetime import datetime
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_LABEL_MESSAGE = "Must be a DNS-1123 label: lowercase letters, digits and '-', at most 63 characters."
+NOT_A_NUMBER = "Not a valid number."
+NOT_AN_INTEGER = "Not a valid integer."
+REQUIRED = "Missing data for required field."
+UNKNOWN = "Unknown field."
+
+# Far beyond any real cluster, yet small enough that no arithmetic on them overflows.
+MAX_CPU_CORES = 1_000_000
+MAX_MEMORY_MB = 1_000_000_000
+MAX_HOURLY_COST = 1_000_000_000
+MAX_VM_COUNT = 1_000_000
+# A timestamp from the future would make every later payload look stale; allow clock skew only.
+MAX_FUTURE_SECONDS = 3600
+
+
+def number_error(value, maximum, minimum=0):
+    """The message for a JSON value that is not a finite number in range, or None when it is."""
+    # bool is an int in Python, but `true` is not a number in JSON.
+    if type(value) is not int and type(value) is not float:
+        return NOT_A_NUMBER
+    if not math.isfinite(value):
+        return "Must be a finite number."
+    if value < minimum:
+        return f"Must be greater than or equal to {minimum}."
+    if value > maximum:
+        return f"Must be less than or equal to {maximum}."
+    return None
+
+
+class StrictNumber(fields.Field):
+    """A JSON number (never a string or boolean), finite and within [minimum, maximum]."""
+
+    def __init__(self, *, maximum, minimum=0, integer=False, **kwargs):
+        super().__init__(**kwargs)
+        self.minimum, self.maximum, self.integer = minimum, maximum, integer
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if self.integer and type(value) is not int:
+            raise ValidationError(NOT_AN_INTEGER)
+        message = number_error(value, self.maximum, self.minimum)
+        if message:
+            raise ValidationError(message)
+        return value
+
+
+class Timestamp(fields.Field):
+    """An ISO-8601 date-time with a timezone, loaded as Unix seconds."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or len(value) > 64:
+            raise ValidationError("Not a valid ISO-8601 date-time.")
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValidationError("Not a valid ISO-8601 date-time.") from None
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValidationError("Must include a timezone, e.g. 2024-01-01T12:00:00Z.")
+        seconds = moment.timestamp()
+        if seconds > time.time() + MAX_FUTURE_SECONDS:
+            raise ValidationError("Must not be more than an hour in the future.")
+        if seconds < 0:
+            raise ValidationError("Must not be before 1970-01-01T00:00:00Z.")
+        return int(seconds) if seconds.is_integer() else seconds
+
+
+class DeploymentList(fields.Field):
+    """A non-empty list of uniquely named deployments, each checked in one pass.
+
+    `groups` maps each nested object of an entry to the (cpu_cores, memory_mb) hash fields it
+    fills; errors come back in marshmallow's shape, keyed by list index.
+    """
+
+    def __init__(self, *, groups, max_items=5000, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = groups
+        self.max_items = max_items
+        self.allowed_keys = frozenset(("name", *groups))
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, list):
+            raise ValidationError("Not a valid list.")
+        if not value:
+            raise ValidationError("Must contain at least one deployment.")
+        if len(value) > self.max_items:
+            raise ValidationError(f"Must contain at most {self.max_items} deployments.")
+        loaded, errors, seen = [], {}, set()
+        for index, entry in enumerate(value):
+            row, entry_errors = self._load_entry(entry, seen)
+            if entry_errors:
+                errors[index] = entry_errors
+            else:
+                loaded.append(row)
+        if errors:
+            raise ValidationError(errors)
+        return loaded
+
+    def _load_entry(self, entry, seen):
+        if not isinstance(entry, dict):
+            return None, {"_schema": ["Invalid input type."]}
+        errors = {key: [UNKNOWN] for key in entry if key not in self.allowed_keys}
+        name = entry.get("name")
+        if name is None:
+            errors["name"] = [REQUIRED]
+        elif not isinstance(name, str) or not DNS_LABEL.match(name):
+            errors["name"] = [DNS_LABEL_MESSAGE]
+        elif name in seen:
+            errors["name"] = ["Duplicate deployment name in this payload."]
+        else:
+            seen.add(name)
+        row = {"name": name}
+        for group, (cpu_field, mem_field) in self.groups.items():
+            values = entry.get(group)
+            if values is None:
+                errors[group] = [REQUIRED]
+                continue
+            if not isinstance(values, dict):
+                errors[group] = {"_schema": ["Invalid input type."]}
+                continue
+            group_errors = {key: [UNKNOWN] for key in values if key not in ("cpu_cores", "memory_mb")}
+            for key, target, maximum in (
+                ("cpu_cores", cpu_field, MAX_CPU_CORES),
+                ("memory_mb", mem_field, MAX_MEMORY_MB),
+            ):
+                if key not in values:
+                    group_errors[key] = [REQUIRED]
+                    continue
+                message = number_error(values[key], maximum)
+                if message:
+                    group_errors[key] = [message]
+                else:
+                    row[target] = values[key]
+            if group_errors:
+                errors[group] = group_errors
+        return row, errors
+
+
+class ClusterTotalsSchema(Schema):
+    """The cost engine's view of the whole cluster."""
+
+    class Meta:
+        unknown = RAISE
+
+    vm_count = StrictNumber(required=True, integer=True, minimum=1, maximum=MAX_VM_COUNT)
+    current_hourly_cost_gbp = StrictNumber(required=True, maximum=MAX_HOURLY_COST)
+
+
+class _PayloadSchema(Schema):
+    """Fields and limits common to both payloads."""
+
+    class Meta:
+        unknown = RAISE
+
+    timestamp = Timestamp(required=True)
+    namespace = fields.String(required=True, validate=validate.Regexp(DNS_LABEL, error=DNS_LABEL_MESSAGE))
+
+    def __init__(self, *, allowed_namespaces=frozenset({"default"}), max_deployments=5000, **kwargs):
+        super().__init__(**kwargs)
+        self.fields["deployments"].max_items = max_deployments
+        allowed = sorted(allowed_namespaces)
+        self.fields["namespace"].validators.append(
+            validate.OneOf(allowed, error="Namespace {input!r} is not accepted; allowed: {choices}.")
+        )
+
+
+class CostPayloadSchema(_PayloadSchema):
+    """POST /metrics/cost: requests and usage per deployment, plus cluster totals."""
+
+    source = fields.String(required=True, validate=validate.Equal("cost-engine"))
+    cluster_totals = fields.Nested(ClusterTotalsSchema, required=True)
+    deployments = DeploymentList(
+        required=True,
+        groups={
+            "current_requests": ("req_cpu", "req_mem"),
+            "current_usage": ("usage_cpu_curr", "usage_mem_curr"),
+        },
+    )
+
+
+class ForecastPayloadSchema(_PayloadSchema):
+    """POST /metrics/forecast: the predicted 24-hour peak per deployment."""
+
+    source = fields.String(required=True, validate=validate.Equal("forecast"))
+    deployments = DeploymentList(
+        required=True,
+        groups={"predict_peak_24h": ("pred_cpu_peak", "pred_mem_peak")},
+    )

@@ -1,0 +1,232 @@
+"""The Redis state repository: the only code that knows the key layout.
+
+Keys (their names are a contract: other systems read them):
+
+- ``app:{namespace}:{name}`` hash: ``req_cpu``, ``req_mem``, ``usage_cpu_curr``,
+  ``usage_mem_curr``, ``cost_timestamp`` (from cost); ``pred_cpu_peak``, ``pred_mem_peak``,
+  ``forecast_timestamp`` (from forecast); ``last_trigger`` (Unix seconds of the last
+  delivered trigger). Timestamps are Unix seconds of the payload's ``timestamp``.
+- ``cluster:{namespace}:cost``: the cluster's hourly cost in GBP, from the newest cost payload.
+- ``cluster:{namespace}:vm_count``: the cluster's VM count, from the same payload.
+- ``cluster:{namespace}:cost_timestamp``: Unix seconds of the payload the two keys above came
+  from, so that an older payload cannot roll them back.
+- ``trigger:{namespace}:{name}``: Unix seconds of the last trigger claim; expires after the
+  cooldown. Setting it (``SET NX EX``) is what claims a deployment's cooldown window.
+
+Every atomic step touches one key, so the layout works unchanged on Redis Cluster, where
+``app:`` and ``trigger:`` keys of one deployment live on different nodes. The Redis work of one
+request is a constant number of pipelined round trips, whatever the number of deployments.
+"""
+
+from dataclasses import dataclass, field
+
+from redis.exceptions import NoScriptError
+
+COST_FIELDS = ("req_cpu", "req_mem", "usage_cpu_curr", "usage_mem_curr")
+FORECAST_FIELDS = ("pred_cpu_peak", "pred_mem_peak")
+
+# Per deployment: write the payload's fields unless the stored data from the same source is
+# newer, then return the whole hash, so rules always see what is stored after the write.
+SAVE_APP_FIELDS = """
+local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local written = 0
+if not stored or stored <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], unpack(ARGV, 3))
+  written = 1
+end
+return {written, redis.call('HGETALL', KEYS[1])}
+"""
+
+# Advance a timestamp key unless it already holds a newer one; 1 when this payload is newest.
+ADVANCE_TIMESTAMP = """
+local stored = tonumber(redis.call('GET', KEYS[1]))
+if stored and stored > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+# Release a cooldown claim only if it is still ours: a later claim must survive our failure.
+RELEASE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+SCRIPTS = {"save": SAVE_APP_FIELDS, "advance": ADVANCE_TIMESTAMP, "release": RELEASE_CLAIM}
+
+
+def encode(value):
+    """A number as Redis stores it: ints stay ints, floats keep their shortest exact form."""
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def decode(raw):
+    """A stored number back into an int or float."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _hash_to_state(flat):
+    """HGETALL's flat [field, value, ...] reply as a dict of numbers."""
+    return {flat[i].decode(): decode(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+@dataclass
+class SavedPayload:
+    """What a payload left in Redis: the state of each deployment written, and those skipped."""
+
+    states: dict = field(default_factory=dict)
+    stale: list = field(default_factory=list)
+    cluster: dict = field(default_factory=dict)
+    # Cluster totals still to publish (the payload was the newest); see claim_cooldowns.
+    cluster_update: dict | None = None
+
+
+class StateRepository:
+    """Reads and writes aggregator state in Redis; see the module docstring for the keys."""
+
+    def __init__(self, redis, cooldown_seconds):
+        self.redis = redis
+        self.cooldown_seconds = cooldown_seconds
+        self._shas = None
+
+    # Key names live here and nowhere else.
+    @staticmethod
+    def app_key(namespace, name):
+        """The hash holding one deployment's merged state."""
+        return f"app:{namespace}:{name}"
+
+    @staticmethod
+    def trigger_key(namespace, name):
+        """The cooldown key of one deployment."""
+        return f"trigger:{namespace}:{name}"
+
+    @staticmethod
+    def cluster_key(namespace, item):
+        """One of the cluster-wide keys: cost, vm_count or cost_timestamp."""
+        return f"cluster:{namespace}:{item}"
+
+    def ping(self):
+        """Raise a redis error unless Redis answers."""
+        self.redis.ping()
+
+    def save_cost(self, payload):
+        """Store a loaded cost payload and learn whether its cluster totals are the newest; one round trip."""
+        namespace, ts = payload["namespace"], encode(payload["timestamp"])
+
+        def build(pipe, shas):
+            self._queue_app_writes(pipe, shas, payload, "cost_timestamp", COST_FIELDS)
+            pipe.evalsha(shas["advance"], 1, self.cluster_key(namespace, "cost_timestamp"), ts)
+            pipe.get(self.cluster_key(namespace, "cost"))
+            pipe.get(self.cluster_key(namespace, "vm_count"))
+
+        replies = self._run(build)
+        saved = self._collect(payload["deployments"], replies)
+        newest, cost, vm_count = replies[-3:]
+        totals = payload["cluster_totals"]
+        if newest:
+            saved.cluster_update = totals
+            saved.cluster = {"hourly_cost_gbp": totals["current_hourly_cost_gbp"], "vm_count": totals["vm_count"]}
+        else:
+            saved.cluster = _cluster(cost, vm_count)
+        return saved
+
+    def save_forecast(self, payload):
+        """Store a loaded forecast payload and read the cluster totals; one round trip."""
+        namespace = payload["namespace"]
+
+        def build(pipe, shas):
+            self._queue_app_writes(pipe, shas, payload, "forecast_timestamp", FORECAST_FIELDS)
+            pipe.get(self.cluster_key(namespace, "cost"))
+            pipe.get(self.cluster_key(namespace, "vm_count"))
+
+        replies = self._run(build)
+        saved = self._collect(payload["deployments"], replies)
+        saved.cluster = _cluster(*replies[-2:])
+        return saved
+
+    def claim_cooldowns(self, namespace, names, now, cluster_update=None):
+        """Claim each deployment's cooldown window (SET NX EX); return the names claimed.
+
+        The newest cost payload's cluster totals ride along: they must wait for the timestamp
+        check of the first round trip, and a round trip of their own would cost a fourth.
+        """
+        if not names and not cluster_update:
+            return []
+        value = str(int(now))
+
+        def build(pipe, shas):
+            for name in names:
+                pipe.set(self.trigger_key(namespace, name), value, nx=True, ex=self.cooldown_seconds)
+            if cluster_update:
+                pipe.set(self.cluster_key(namespace, "cost"), encode(cluster_update["current_hourly_cost_gbp"]))
+                pipe.set(self.cluster_key(namespace, "vm_count"), encode(cluster_update["vm_count"]))
+
+        replies = self._run(build)
+        return [name for name, won in zip(names, replies) if won]
+
+    def record_delivery(self, namespace, names, now):
+        """Note in each app hash that its trigger, claimed at `now`, was delivered."""
+        value = str(int(now))
+        self._run(lambda pipe, shas: [pipe.hset(self.app_key(namespace, n), "last_trigger", value) for n in names])
+
+    def release_cooldowns(self, namespace, names, now):
+        """Give back the claims made at `now`, so that the next payload can trigger again."""
+        value = str(int(now))
+        self._run(
+            lambda pipe, shas: [pipe.evalsha(shas["release"], 1, self.trigger_key(namespace, n), value) for n in names]
+        )
+
+    def _queue_app_writes(self, pipe, shas, payload, ts_field, value_fields):
+        namespace, ts = payload["namespace"], encode(payload["timestamp"])
+        for row in payload["deployments"]:
+            args = [ts_field, ts]
+            for name in value_fields:
+                args += (name, encode(row[name]))
+            pipe.evalsha(shas["save"], 1, self.app_key(namespace, row["name"]), *args)
+
+    @staticmethod
+    def _collect(deployments, replies):
+        saved = SavedPayload()
+        for row, (written, flat) in zip(deployments, replies):
+            if written:
+                saved.states[row["name"]] = _hash_to_state(flat)
+            else:
+                saved.stale.append(row["name"])
+        return saved
+
+    def _run(self, build):
+        """Send what `build` queues in one pipeline; reload the Lua scripts once if Redis lost them."""
+        if self._shas is None:
+            self._load_scripts()
+        replies = self._execute(build)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            # Redis restarted or flushed its script cache; the scripts are idempotent, so rerun.
+            self._load_scripts()
+            replies = self._execute(build)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _execute(self, build):
+        pipe = self.redis.pipeline(transaction=False)
+        build(pipe, self._shas)
+        return pipe.execute(raise_on_error=False)
+
+    def _load_scripts(self):
+        self._shas = {name: self.redis.script_load(body) for name, body in SCRIPTS.items()}
+
+
+def _cluster(cost, vm_count):
+    return {
+        "hourly_cost_gbp": None if cost is None else decode(cost),
+        "vm_count": None if vm_count is None else decode(vm_count),
+    }

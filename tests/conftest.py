@@ -1,0 +1,108 @@
+"""Fixtures: a real redis-server for the session, a real agent receiver, and both apps."""
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from cost_service import create_app as create_cost_app
+from devtools.agent_receiver import AgentReceiver
+from forecast_service import create_app as create_forecast_app
+from tests.support import RedisServer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+COST_TOKEN = "cost-token-0123456789abcdef"
+FORECAST_TOKEN = "forecast-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A redis-server of the test session's own, on a free port."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    """A client of the session's Redis, empty before and after the test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    client.script_flush()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def receiver():
+    """A local agent webhook that records what it receives."""
+    agent = AgentReceiver().start()
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def base_config(redis_server, redis_client, receiver):
+    """Settings every test app starts from."""
+    return {
+        "REDIS_URL": redis_server.url,
+        "AGENT_WEBHOOK_URL": receiver.url,
+        "COST_ENGINE_TOKEN": COST_TOKEN,
+        "FORECAST_TOKEN": FORECAST_TOKEN,
+        "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS": "2",
+    }
+
+
+@pytest.fixture
+def cost_app(base_config):
+    """The cost service app against the test Redis and receiver."""
+    return create_cost_app(base_config)
+
+
+@pytest.fixture
+def forecast_app(base_config):
+    """The forecast service app against the test Redis and receiver."""
+    return create_forecast_app(base_config)
+
+
+@pytest.fixture
+def cost_client(cost_app):
+    """A test client of the cost service."""
+    return cost_app.test_client()
+
+
+@pytest.fixture
+def forecast_client(forecast_app):
+    """A test client of the forecast service."""
+    return forecast_app.test_client()
+
+
+@pytest.fixture
+def cost_payload():
+    """The spec's cost payload (adservice wastes 80 % of its CPU)."""
+    return json.loads((FIXTURES / "cost_seed.json").read_text())
+
+
+@pytest.fixture
+def forecast_payload():
+    """The spec's forecast payload."""
+    return json.loads((FIXTURES / "forecast_seed.json").read_text())
+
+
+def auth(token):
+    """Headers for a JSON request with a bearer token."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def cost_headers():
+    """The cost engine's auth header."""
+    return auth(COST_TOKEN)
+
+
+@pytest.fixture
+def forecast_headers():
+    """The forecaster's auth header."""
+    return auth(FORECAST_TOKEN)

@@ -1,0 +1,126 @@
+"""Real processes for the tests: a throwaway redis-server and gunicorn-served services."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port():
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, timeout=10.0, interval=0.05):
+    """Call check() until it returns truthy or the timeout passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except Exception:
+            value = None
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A redis-server on a free loopback port, keeping nothing on disk."""
+
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.workdir = Path(workdir)
+        self.process = None
+
+    @property
+    def url(self):
+        """The URL services and tests connect with."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        """Start the server and wait until it answers."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--logfile",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        if not wait_until(client.ping):
+            raise RuntimeError(f"redis-server did not answer on port {self.port}")
+        return self
+
+    def stop(self):
+        """Stop the server (its data is gone with it)."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+class GunicornService:
+    """One service run exactly as production runs it: gunicorn with the project's config."""
+
+    def __init__(self, app_uri, env, workers=2):
+        self.port = free_port()
+        self.app_uri = app_uri
+        self.env = {**os.environ, **env, "PORT": str(self.port), "WEB_CONCURRENCY": str(workers), "HOST": "127.0.0.1"}
+        self.process = None
+        self.output = None
+
+    @property
+    def url(self):
+        """The service's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, log_path):
+        """Start gunicorn and wait until /healthz answers."""
+        self.output = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", self.app_uri],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+        )
+        if not wait_until(lambda: requests.get(f"{self.url}/healthz", timeout=1).ok, timeout=20):
+            self.stop()
+            raise RuntimeError(f"{self.app_uri} did not start; see {log_path}")
+        return self
+
+    def stop(self):
+        """Stop gunicorn gracefully."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        if self.output:
+            self.output.close()
