@@ -34,7 +34,7 @@ def number_error(value, maximum, minimum=0):
     # bool is an int in Python, but `true` is not a number in JSON.
     if type(value) is not int and type(value) is not float:
         return NOT_A_NUMBER
-    if not math.isfinite(value):
+    if type(value) is float and not math.isfinite(value):
         return "Must be a finite number."
     if value < minimum:
         return f"Must be greater than or equal to {minimum}."
@@ -172,10 +172,12 @@ class _PayloadSchema(Schema):
     def __init__(self, *, allowed_namespaces=frozenset({"default"}), max_deployments=5000, **kwargs):
         super().__init__(**kwargs)
         self.fields["deployments"].max_items = max_deployments
-        allowed = sorted(allowed_namespaces)
-        self.fields["namespace"].validators.append(
-            validate.OneOf(allowed, error="Namespace {input!r} is not accepted; allowed: {choices}.")
-        )
+        namespace = self.fields["namespace"]
+        # A new list: the field's validators list is shared with the class and other instances.
+        namespace.validators = [
+            *namespace.validators,
+            validate.OneOf(sorted(allowed_namespaces), error="Namespace {input!r} is not accepted; allowed: {choices}."),
+        ]
 
 
 class CostPayloadSchema(_PayloadSchema):

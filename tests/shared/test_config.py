@@ -1,0 +1,71 @@
+import pytest
+
+from shared.config import DEFAULTS, ConfigError, parse_settings, read_environment
+
+TOKEN = "t" * 20
+
+
+def settings(**overrides):
+    return parse_settings({**DEFAULTS, "AGENT_WEBHOOK_URL": "http://agent/hook", "COST_ENGINE_TOKEN": TOKEN, **overrides}, "COST_ENGINE_TOKEN")
+
+
+def test_defaults_are_the_spec_values():
+    s = settings()
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.cooldown_seconds == 1800
+    assert (s.thresholds.cpu_waste, s.thresholds.cpu_utilisation) == (0.5, 0.85)
+    assert (s.thresholds.predicted_spike_ratio, s.thresholds.downscale_waste, s.thresholds.downscale_peak_ratio) == (
+        0.9,
+        0.4,
+        0.6,
+    )
+    assert s.allowed_namespaces == {"default"}
+    assert s.tokens == (TOKEN,)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"AGENT_WEBHOOK_URL": ""}, "AGENT_WEBHOOK_URL"),
+        ({"AGENT_WEBHOOK_URL": "ftp://x"}, "AGENT_WEBHOOK_URL"),
+        ({"COST_ENGINE_TOKEN": ""}, "COST_ENGINE_TOKEN"),
+        ({"COST_ENGINE_TOKEN": "short"}, "COST_ENGINE_TOKEN"),
+        ({"COOLDOWN_SECONDS": "0"}, "COOLDOWN_SECONDS"),
+        ({"COOLDOWN_SECONDS": "soon"}, "COOLDOWN_SECONDS"),
+        ({"CPU_WASTE_THRESHOLD": "1.5"}, "CPU_WASTE_THRESHOLD"),
+        ({"PREDICTED_SPIKE_RATIO": "nan"}, "PREDICTED_SPIKE_RATIO"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"REDIS_TIMEOUT_SECONDS": "-1"}, "REDIS_TIMEOUT_SECONDS"),
+        ({"ALLOWED_NAMESPACES": "Default"}, "ALLOWED_NAMESPACES"),
+        ({"MAX_DEPLOYMENTS": "0"}, "MAX_DEPLOYMENTS"),
+        ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+    ],
+)
+def test_bad_settings_name_the_variable(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        settings(**overrides)
+
+
+def test_error_never_echoes_a_token():
+    with pytest.raises(ConfigError) as info:
+        settings(COST_ENGINE_TOKEN="secret-short")
+    assert "secret-short" not in str(info.value)
+
+
+def test_several_tokens_allow_rotation():
+    assert settings(COST_ENGINE_TOKEN=f" {TOKEN} , {'n' * 20} ").tokens == (TOKEN, "n" * 20)
+
+
+def test_token_from_a_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    assert settings(COST_ENGINE_TOKEN=None, COST_ENGINE_TOKEN_FILE=str(path)).tokens == (TOKEN,)
+    with pytest.raises(ConfigError, match="COST_ENGINE_TOKEN_FILE"):
+        settings(COST_ENGINE_TOKEN=None, COST_ENGINE_TOKEN_FILE=str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="both set"):
+        settings(COST_ENGINE_TOKEN_FILE=str(path))
+
+
+def test_read_environment_takes_only_our_variables():
+    env = {"REDIS_URL": "redis://r:6379/0", "HOME": "/root", "COOLDOWN_SECONDS": "60"}
+    assert read_environment(env) == {"REDIS_URL": "redis://r:6379/0", "COOLDOWN_SECONDS": "60"}

@@ -1,0 +1,51 @@
+import subprocess
+import sys
+
+import pytest
+
+from cost_service import create_app as create_cost_app
+from forecast_service import create_app as create_forecast_app
+from shared.config import ConfigError
+from tests.support import ROOT
+
+
+def test_test_config_overrides_the_environment(base_config, monkeypatch):
+    monkeypatch.setenv("COOLDOWN_SECONDS", "60")
+    app = create_cost_app(base_config)
+    assert app.extensions["aggregator"].settings.cooldown_seconds == 60
+    app = create_cost_app({**base_config, "COOLDOWN_SECONDS": "90"})
+    assert app.extensions["aggregator"].settings.cooldown_seconds == 90
+
+
+def test_each_service_needs_only_its_own_token(base_config):
+    cost_only = {k: v for k, v in base_config.items() if k != "FORECAST_TOKEN"}
+    assert create_cost_app(cost_only)
+    with pytest.raises(ConfigError, match="FORECAST_TOKEN"):
+        create_forecast_app(cost_only)
+
+
+def test_missing_webhook_url_is_a_clear_error(base_config, monkeypatch):
+    monkeypatch.delenv("AGENT_WEBHOOK_URL", raising=False)
+    with pytest.raises(ConfigError, match="AGENT_WEBHOOK_URL is required"):
+        create_cost_app({**base_config, "AGENT_WEBHOOK_URL": ""})
+
+
+def test_each_service_serves_only_its_own_path(cost_client, forecast_client):
+    assert cost_client.post("/metrics/forecast", json={}).status_code == 404
+    assert forecast_client.post("/metrics/cost", json={}).status_code == 404
+
+
+@pytest.mark.gunicorn
+def test_gunicorn_refuses_to_start_with_one_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PORT": "0", "AGENT_WEBHOOK_URL": "http://127.0.0.1:9/"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cost_service:create_app()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert "Error: COST_ENGINE_TOKEN is required (or COST_ENGINE_TOKEN_FILE)" in done.stderr
+    assert "Traceback" not in done.stderr
