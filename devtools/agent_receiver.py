@@ -59,7 +59,7 @@ class AgentReceiver:
 
     def start(self):
         """Serve in a background thread; return self."""
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 

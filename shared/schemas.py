@@ -176,7 +176,9 @@ class _PayloadSchema(Schema):
         # A new list: the field's validators list is shared with the class and other instances.
         namespace.validators = [
             *namespace.validators,
-            validate.OneOf(sorted(allowed_namespaces), error="Namespace {input!r} is not accepted; allowed: {choices}."),
+            validate.OneOf(
+                sorted(allowed_namespaces), error="Namespace {input!r} is not accepted here; allowed: {choices}."
+            ),
         ]
 
 

@@ -6,7 +6,10 @@ TOKEN = "t" * 20
 
 
 def settings(**overrides):
-    return parse_settings({**DEFAULTS, "AGENT_WEBHOOK_URL": "http://agent/hook", "COST_ENGINE_TOKEN": TOKEN, **overrides}, "COST_ENGINE_TOKEN")
+    return parse_settings(
+        {**DEFAULTS, "AGENT_WEBHOOK_URL": "http://agent/hook", "COST_ENGINE_TOKEN": TOKEN, **overrides},
+        "COST_ENGINE_TOKEN",
+    )
 
 
 def test_defaults_are_the_spec_values():

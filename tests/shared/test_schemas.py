@@ -63,8 +63,16 @@ def test_fractional_timestamp_and_offset():
         (lambda p: p["cluster_totals"].update(vm_count=0), ["cluster_totals", "vm_count"], None),
         (lambda p: p["cluster_totals"].update(vm_count=2.5), ["cluster_totals", "vm_count"], "Not a valid integer."),
         (lambda p: p["cluster_totals"].update(vm_count=True), ["cluster_totals", "vm_count"], "Not a valid integer."),
-        (lambda p: p["cluster_totals"].update(current_hourly_cost_gbp=-1), ["cluster_totals", "current_hourly_cost_gbp"], None),
-        (lambda p: p["cluster_totals"].update(current_hourly_cost_gbp="1.25"), ["cluster_totals", "current_hourly_cost_gbp"], "Not a valid number."),
+        (
+            lambda p: p["cluster_totals"].update(current_hourly_cost_gbp=-1),
+            ["cluster_totals", "current_hourly_cost_gbp"],
+            None,
+        ),
+        (
+            lambda p: p["cluster_totals"].update(current_hourly_cost_gbp="1.25"),
+            ["cluster_totals", "current_hourly_cost_gbp"],
+            "Not a valid number.",
+        ),
         (lambda p: p.update(deployments=[]), ["deployments"], "Must contain at least one deployment."),
         (lambda p: p.update(deployments={}), ["deployments"], "Not a valid list."),
         (lambda p: p.update(extra=1), ["extra"], "Unknown field."),
@@ -119,10 +127,15 @@ def test_duplicate_names_are_rejected():
 
 
 def test_entry_shape_errors_are_reported_per_field():
-    payload = modified(COST, lambda p: p["deployments"].extend([
-        "adservice",
-        {"name": "x", "current_requests": [], "current_usage": {"cpu_cores": 1}, "colour": "red"},
-    ]))
+    payload = modified(
+        COST,
+        lambda p: p["deployments"].extend(
+            [
+                "adservice",
+                {"name": "x", "current_requests": [], "current_usage": {"cpu_cores": 1}, "colour": "red"},
+            ]
+        ),
+    )
     errors = errors_of(cost_schema, payload)["deployments"]
     assert errors[2] == {"_schema": ["Invalid input type."]}
     assert errors[3] == {

@@ -1,0 +1,70 @@
+"""Both services under real gunicorn, several workers each, racing for one deployment's cooldown."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.conftest import COST_TOKEN, FORECAST_TOKEN
+from tests.support import GunicornService
+
+pytestmark = pytest.mark.gunicorn
+
+
+@pytest.fixture
+def services(redis_server, redis_client, receiver, tmp_path):
+    env = {
+        "REDIS_URL": redis_server.url,
+        "AGENT_WEBHOOK_URL": receiver.url,
+        "COST_ENGINE_TOKEN": COST_TOKEN,
+        "FORECAST_TOKEN": FORECAST_TOKEN,
+        "LOG_LEVEL": "WARNING",
+    }
+    cost = GunicornService("cost_service:create_app()", env, workers=2).start(tmp_path / "cost.log")
+    forecast = GunicornService("forecast_service:create_app()", env, workers=2).start(tmp_path / "forecast.log")
+    yield cost, forecast
+    cost.stop()
+    forecast.stop()
+
+
+def test_fifty_concurrent_requests_through_both_services_trigger_once(
+    services, redis_client, receiver, cost_payload, forecast_payload
+):
+    cost, forecast = services
+    # Cost state already stored (and no trigger yet), so every forecast request fires too.
+    redis_client.hset(
+        "app:default:adservice",
+        mapping={"req_cpu": 2.0, "req_mem": 4096, "usage_cpu_curr": 0.4, "usage_mem_curr": 512, "cost_timestamp": 1},
+    )
+    cost_payload["deployments"] = cost_payload["deployments"][:1]
+    forecast_payload["deployments"] = forecast_payload["deployments"][:1]
+    calls = [
+        (f"{cost.url}/metrics/cost", cost_payload, COST_TOKEN),
+        (f"{forecast.url}/metrics/forecast", forecast_payload, FORECAST_TOKEN),
+    ] * 25
+
+    def send(call):
+        url, payload, token = call
+        return requests.post(url, json=payload, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        responses = list(pool.map(send, calls))
+
+    assert [r.status_code for r in responses] == [201] * 50
+    bodies = [r.json() for r in responses]
+    assert sum(len(b["triggered"]) for b in bodies) == 1
+    assert sum(len(b["cooldown"]) for b in bodies) == 49
+    assert [name for name, _ in receiver.triggered()] == ["adservice"]
+    assert redis_client.hget("app:default:adservice", "last_trigger") == redis_client.get("trigger:default:adservice")
+
+
+def test_failing_agent_releases_the_claim_under_gunicorn(services, redis_client, receiver, cost_payload):
+    cost, _ = services
+    headers = {"Authorization": f"Bearer {COST_TOKEN}"}
+    receiver.status = 503
+    first = requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=30).json()
+    assert first["delivery"] == "failed" and not redis_client.exists("trigger:default:adservice")
+    receiver.status = 202
+    second = requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=30).json()
+    assert second["triggered"] == ["adservice"] and second["delivery"] == "ok"
+    assert len(receiver.messages) == 2
