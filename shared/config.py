@@ -12,6 +12,7 @@ from shared.schemas import DNS_LABEL
 DEFAULTS = {
     "REDIS_URL": "redis://localhost:6379/0",
     "REDIS_TIMEOUT_SECONDS": "2",
+    "REDIS_CLUSTER": "false",
     "AGENT_WEBHOOK_CONNECT_TIMEOUT_SECONDS": "2",
     "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS": "5",
     "COOLDOWN_SECONDS": "1800",
@@ -50,6 +51,7 @@ class Settings:
     """Everything one service needs, parsed and checked."""
 
     redis_url: str
+    redis_cluster: bool
     redis_timeout: float
     webhook_url: str
     webhook_connect_timeout: float
@@ -72,6 +74,15 @@ def _number(config, name, low, high, kind=float):
     if isinstance(raw, bool) or not math.isfinite(value) or not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
     return value
+
+
+def _flag(config, name):
+    raw = str(config.get(name)).strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {config.get(name)!r}")
 
 
 def _required(config, name):
@@ -146,6 +157,7 @@ def parse_settings(config, token_setting):
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
     return Settings(
         redis_url=redis_url,
+        redis_cluster=_flag(config, "REDIS_CLUSTER"),
         redis_timeout=_number(config, "REDIS_TIMEOUT_SECONDS", 0.1, 60),
         webhook_url=_webhook_url(config),
         webhook_connect_timeout=_number(config, "AGENT_WEBHOOK_CONNECT_TIMEOUT_SECONDS", 0.1, 60),

@@ -123,7 +123,7 @@ class StateRepository:
 
         def build(pipe, shas):
             self._queue_app_writes(pipe, shas, payload, "cost_timestamp", COST_FIELDS)
-            pipe.evalsha(shas["advance"], 1, self.cluster_key(namespace, "cost_timestamp"), ts)
+            _evalsha(pipe, shas["advance"], self.cluster_key(namespace, "cost_timestamp"), ts)
             pipe.get(self.cluster_key(namespace, "cost"))
             pipe.get(self.cluster_key(namespace, "vm_count"))
 
@@ -181,7 +181,7 @@ class StateRepository:
         """Give back the claims made at `now`, so that the next payload can trigger again."""
         value = str(int(now))
         self._run(
-            lambda pipe, shas: [pipe.evalsha(shas["release"], 1, self.trigger_key(namespace, n), value) for n in names]
+            lambda pipe, shas: [_evalsha(pipe, shas["release"], self.trigger_key(namespace, n), value) for n in names]
         )
 
     def _queue_app_writes(self, pipe, shas, payload, ts_field, value_fields):
@@ -190,7 +190,7 @@ class StateRepository:
             args = [ts_field, ts]
             for name in value_fields:
                 args += (name, encode(row[name]))
-            pipe.evalsha(shas["save"], 1, self.app_key(namespace, row["name"]), *args)
+            _evalsha(pipe, shas["save"], self.app_key(namespace, row["name"]), *args)
 
     @staticmethod
     def _collect(deployments, replies):
@@ -223,6 +223,12 @@ class StateRepository:
 
     def _load_scripts(self):
         self._shas = {name: self.redis.script_load(body) for name, body in SCRIPTS.items()}
+
+
+def _evalsha(pipe, sha, key, *args):
+    # Through execute_command: redis-py's cluster pipeline blocks its evalsha() method, yet routes
+    # a single-key EVALSHA by its key like any other command.
+    pipe.execute_command("EVALSHA", sha, 1, key, *args)
 
 
 def _cluster(cost, vm_count):

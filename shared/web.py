@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app, g, jsonify, request
 from flask_httpauth import HTTPTokenAuth
 from marshmallow import Schema, ValidationError
-from redis import Redis
+from redis import Redis, RedisCluster
 from redis import exceptions as redis_errors
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
@@ -197,8 +197,9 @@ def _finish_request(response):
 
 
 def connect_redis(settings):
-    """A Redis client whose calls fail within the configured timeout instead of hanging."""
-    return Redis.from_url(
+    """A Redis (or Redis Cluster) client whose calls fail within the timeout instead of hanging."""
+    client_class = RedisCluster if settings.redis_cluster else Redis
+    return client_class.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,

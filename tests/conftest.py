@@ -9,7 +9,7 @@ import redis
 from cost_service import create_app as create_cost_app
 from devtools.agent_receiver import AgentReceiver
 from forecast_service import create_app as create_forecast_app
-from tests.support import RedisServer
+from tests.support import RedisClusterServers, RedisServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COST_TOKEN = "cost-token-0123456789abcdef"
@@ -31,6 +31,33 @@ def redis_client(redis_server):
     client.flushdb()
     client.script_flush()
     yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A three-node Redis Cluster of the session's own, started on first use."""
+    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(params=["single", pytest.param("cluster", marks=pytest.mark.cluster)])
+def store(request, redis_server):
+    """A state store to run a test against twice: one redis-server, then a Redis Cluster.
+
+    Yields (url, cluster flag, client); the store is empty before and after the test.
+    """
+    if request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        client = redis.RedisCluster.from_url(url)
+    else:
+        url = redis_server.url
+        client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.script_flush()
+    yield url, request.param == "cluster", client
     client.flushdb()
     client.close()
 

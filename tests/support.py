@@ -124,3 +124,92 @@ class GunicornService:
                 self.process.kill()
         if self.output:
             self.output.close()
+
+
+def free_cluster_port():
+    """A port free for a cluster node, whose bus port (port + 10000) is free as well."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisClusterServers:
+    """Three redis-server nodes joined into a Redis Cluster with redis-cli, on loopback."""
+
+    def __init__(self, workdir, size=3):
+        self.workdir = Path(workdir)
+        self.ports = [free_cluster_port() for _ in range(size)]
+        self.processes = []
+
+    @property
+    def url(self):
+        """A seed URL; the cluster client discovers the other nodes from it."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self):
+        """Start the nodes, create the cluster and wait until every slot is served."""
+        for port in self.ports:
+            node_dir = self.workdir / str(port)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(node_dir),
+                        "--logfile",
+                        "",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in self.ports:
+            if not wait_until(redis.Redis(port=port, socket_timeout=1).ping):
+                raise RuntimeError(f"cluster node on port {port} did not answer")
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        for port in self.ports:
+            node = redis.Redis(port=port, socket_timeout=1)
+            if not wait_until(lambda node=node: node.cluster("info")["cluster_state"] == "ok", timeout=30):
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+        return self
+
+    def stop(self):
+        """Stop every node."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            process.wait(timeout=10)

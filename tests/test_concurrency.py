@@ -12,9 +12,17 @@ pytestmark = pytest.mark.gunicorn
 
 
 @pytest.fixture
-def services(redis_server, redis_client, receiver, tmp_path):
+def redis_client(store):
+    """The store the services use: one redis-server, then a Redis Cluster."""
+    return store[2]
+
+
+@pytest.fixture
+def services(store, receiver, tmp_path):
+    url, cluster, _ = store
     env = {
-        "REDIS_URL": redis_server.url,
+        "REDIS_URL": url,
+        "REDIS_CLUSTER": "true" if cluster else "false",
         "AGENT_WEBHOOK_URL": receiver.url,
         "COST_ENGINE_TOKEN": COST_TOKEN,
         "FORECAST_TOKEN": FORECAST_TOKEN,

@@ -25,6 +25,12 @@ def forecast(ts, *rows):
 
 
 @pytest.fixture
+def redis_client(store):
+    """Every test here runs against one redis-server and against a Redis Cluster."""
+    return store[2]
+
+
+@pytest.fixture
 def repo(redis_client):
     return StateRepository(redis_client, cooldown_seconds=1800)
 
