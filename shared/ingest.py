@@ -47,7 +47,7 @@ class Aggregator:
         held = [name for name in firing if cooldown_running(saved.states[name], now, self.repository.cooldown_seconds)]
         held_now = set(held)
         candidates = [name for name in firing if name not in held_now]
-        claimed = self.repository.claim_cooldowns(namespace, candidates, now, saved.cluster_update)
+        claimed = self.repository.claim_cooldowns(namespace, candidates, now)
         won = set(claimed)
         held += [name for name in candidates if name not in won]
         delivery = "none"

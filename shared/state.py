@@ -8,13 +8,16 @@ Keys (their names are a contract: other systems read them):
   delivered trigger). Timestamps are Unix seconds of the payload's ``timestamp``.
 - ``cluster:{namespace}:cost``: the cluster's hourly cost in GBP, from the newest cost payload.
 - ``cluster:{namespace}:vm_count``: the cluster's VM count, from the same payload.
-- ``cluster:{namespace}:cost_timestamp``: Unix seconds of the payload the two keys above came
-  from, so that an older payload cannot roll them back.
+- ``{cluster:{namespace}:cost}:timestamp`` and ``{cluster:{namespace}:vm_count}:timestamp``:
+  Unix seconds of the payload each of the two keys above came from, so that an older payload
+  cannot roll them back. The braces are a Redis Cluster hash tag: each timestamp key lives in
+  the same slot as the key it guards, so one script can check and write the pair.
 - ``trigger:{namespace}:{name}``: Unix seconds of the last trigger claim; expires after the
   cooldown. Setting it (``SET NX EX``) is what claims a deployment's cooldown window.
 
-Every atomic step touches one key, so the layout works unchanged on Redis Cluster, where
-``app:`` and ``trigger:`` keys of one deployment live on different nodes. The Redis work of one
+Every atomic step touches one key (or a key and its hash-tagged timestamp), so the layout works
+unchanged on Redis Cluster, where ``app:`` and ``trigger:`` keys of one deployment live on
+different nodes. The Redis work of one
 request is a constant number of pipelined round trips, whatever the number of deployments.
 """
 
@@ -37,14 +40,15 @@ end
 return {written, redis.call('HGETALL', KEYS[1])}
 """
 
-# Advance a timestamp key unless it already holds a newer one; 1 when this payload is newest.
-ADVANCE_TIMESTAMP = """
-local stored = tonumber(redis.call('GET', KEYS[1]))
-if stored and stored > tonumber(ARGV[1]) then
-  return 0
+# Set a cluster value (KEYS[1]) unless its timestamp key (KEYS[2], same slot) holds a newer
+# payload's time; return the value stored afterwards.
+SET_IF_NEWER = """
+local stored = tonumber(redis.call('GET', KEYS[2]))
+if not stored or stored <= tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[1])
 end
-redis.call('SET', KEYS[1], ARGV[1])
-return 1
+return redis.call('GET', KEYS[1])
 """
 
 # Release a cooldown claim only if it is still ours: a later claim must survive our failure.
@@ -56,7 +60,7 @@ return 0
 """
 
 
-SCRIPTS = {"save": SAVE_APP_FIELDS, "advance": ADVANCE_TIMESTAMP, "release": RELEASE_CLAIM}
+SCRIPTS = {"save": SAVE_APP_FIELDS, "set_if_newer": SET_IF_NEWER, "release": RELEASE_CLAIM}
 
 
 def encode(value):
@@ -85,8 +89,6 @@ class SavedPayload:
     states: dict = field(default_factory=dict)
     stale: list = field(default_factory=list)
     cluster: dict = field(default_factory=dict)
-    # Cluster totals still to publish (the payload was the newest); see claim_cooldowns.
-    cluster_update: dict | None = None
 
 
 class StateRepository:
@@ -110,32 +112,32 @@ class StateRepository:
 
     @staticmethod
     def cluster_key(namespace, item):
-        """One of the cluster-wide keys: cost, vm_count or cost_timestamp."""
+        """One of the cluster-wide keys: cost or vm_count."""
         return f"cluster:{namespace}:{item}"
+
+    @classmethod
+    def cluster_timestamp_key(cls, namespace, item):
+        """The key holding the payload time of a cluster key, hash-tagged into that key's slot."""
+        return f"{{{cls.cluster_key(namespace, item)}}}:timestamp"
 
     def ping(self):
         """Raise a redis error unless Redis answers."""
         self.redis.ping()
 
     def save_cost(self, payload):
-        """Store a loaded cost payload and learn whether its cluster totals are the newest; one round trip."""
+        """Store a loaded cost payload, cluster totals included; one round trip."""
         namespace, ts = payload["namespace"], encode(payload["timestamp"])
+        totals = payload["cluster_totals"]
 
         def build(pipe, shas):
             self._queue_app_writes(pipe, shas, payload, "cost_timestamp", COST_FIELDS)
-            _evalsha(pipe, shas["advance"], self.cluster_key(namespace, "cost_timestamp"), ts)
-            pipe.get(self.cluster_key(namespace, "cost"))
-            pipe.get(self.cluster_key(namespace, "vm_count"))
+            for item, value in (("cost", totals["current_hourly_cost_gbp"]), ("vm_count", totals["vm_count"])):
+                keys = (self.cluster_key(namespace, item), self.cluster_timestamp_key(namespace, item))
+                _evalsha(pipe, shas["set_if_newer"], keys, ts, encode(value))
 
         replies = self._run(build)
         saved = self._collect(payload["deployments"], replies)
-        newest, cost, vm_count = replies[-3:]
-        totals = payload["cluster_totals"]
-        if newest:
-            saved.cluster_update = totals
-            saved.cluster = {"hourly_cost_gbp": totals["current_hourly_cost_gbp"], "vm_count": totals["vm_count"]}
-        else:
-            saved.cluster = _cluster(cost, vm_count)
+        saved.cluster = _cluster(*replies[-2:])
         return saved
 
     def save_forecast(self, payload):
@@ -152,24 +154,15 @@ class StateRepository:
         saved.cluster = _cluster(*replies[-2:])
         return saved
 
-    def claim_cooldowns(self, namespace, names, now, cluster_update=None):
-        """Claim each deployment's cooldown window (SET NX EX); return the names claimed.
-
-        The newest cost payload's cluster totals ride along: they must wait for the timestamp
-        check of the first round trip, and a round trip of their own would cost a fourth.
-        """
-        if not names and not cluster_update:
-            return []
+    def claim_cooldowns(self, namespace, names, now):
+        """Claim each deployment's cooldown window (SET NX EX); return the names claimed."""
         value = str(int(now))
 
         def build(pipe, shas):
             for name in names:
                 pipe.set(self.trigger_key(namespace, name), value, nx=True, ex=self.cooldown_seconds)
-            if cluster_update:
-                pipe.set(self.cluster_key(namespace, "cost"), encode(cluster_update["current_hourly_cost_gbp"]))
-                pipe.set(self.cluster_key(namespace, "vm_count"), encode(cluster_update["vm_count"]))
 
-        replies = self._run(build)
+        replies = self._run(build) if names else []
         return [name for name, won in zip(names, replies) if won]
 
     def record_delivery(self, namespace, names, now):
@@ -181,7 +174,9 @@ class StateRepository:
         """Give back the claims made at `now`, so that the next payload can trigger again."""
         value = str(int(now))
         self._run(
-            lambda pipe, shas: [_evalsha(pipe, shas["release"], self.trigger_key(namespace, n), value) for n in names]
+            lambda pipe, shas: [
+                _evalsha(pipe, shas["release"], (self.trigger_key(namespace, n),), value) for n in names
+            ]
         )
 
     def _queue_app_writes(self, pipe, shas, payload, ts_field, value_fields):
@@ -190,7 +185,7 @@ class StateRepository:
             args = [ts_field, ts]
             for name in value_fields:
                 args += (name, encode(row[name]))
-            _evalsha(pipe, shas["save"], self.app_key(namespace, row["name"]), *args)
+            _evalsha(pipe, shas["save"], (self.app_key(namespace, row["name"]),), *args)
 
     @staticmethod
     def _collect(deployments, replies):
@@ -225,10 +220,10 @@ class StateRepository:
         self._shas = {name: self.redis.script_load(body) for name, body in SCRIPTS.items()}
 
 
-def _evalsha(pipe, sha, key, *args):
+def _evalsha(pipe, sha, keys, *args):
     # Through execute_command: redis-py's cluster pipeline blocks its evalsha() method, yet routes
-    # a single-key EVALSHA by its key like any other command.
-    pipe.execute_command("EVALSHA", sha, 1, key, *args)
+    # an EVALSHA by its keys (all in one slot here) like any other command.
+    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
 def _cluster(cost, vm_count):

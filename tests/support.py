@@ -38,10 +38,12 @@ def wait_until(check, timeout=10.0, interval=0.05):
 class RedisServer:
     """A redis-server on a free loopback port, keeping nothing on disk."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, durable=False):
         self.port = free_port()
         self.workdir = Path(workdir)
         self.process = None
+        # Durable: every acknowledged write is on disk before the reply, so a kill loses nothing.
+        self.persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
 
     @property
     def url(self):
@@ -78,10 +80,15 @@ class RedisServer:
         return self
 
     def stop(self):
-        """Stop the server (its data is gone with it)."""
+        """Stop the server (its data is gone with it unless it is durable)."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+    def kill(self):
+        """Kill the server outright, as a crash or an evicted pod would."""
+        self.process.kill()
+        self.process.wait(timeout=10)
 
 
 class GunicornService:

@@ -50,11 +50,10 @@ def test_cost_fields_land_under_the_contract_key_names(repo, redis_client):
     }
     assert saved.states["adservice"]["req_cpu"] == 2.0
     assert saved.cluster == {"hourly_cost_gbp": 1.25, "vm_count": 3}
-    # Cluster totals are published with the claims, in the second round trip.
-    repo.claim_cooldowns(NS, [], now=1, cluster_update=saved.cluster_update)
     assert redis_client.get("cluster:default:cost") == b"1.25"
     assert redis_client.get("cluster:default:vm_count") == b"3"
-    assert redis_client.get("cluster:default:cost_timestamp") == b"1704110400"
+    assert redis_client.get("{cluster:default:cost}:timestamp") == b"1704110400"
+    assert redis_client.get("{cluster:default:vm_count}:timestamp") == b"1704110400"
 
 
 def test_forecast_and_cost_merge_without_erasing_each_other(repo, redis_client):
@@ -95,13 +94,11 @@ def test_same_timestamp_is_rewritten_idempotently(repo, redis_client):
 
 
 def test_cluster_totals_are_not_rolled_back(repo, redis_client):
-    newer = repo.save_cost(cost(200, ("a", 1.0, 0.5), cost_gbp=2.5, vms=5))
-    repo.claim_cooldowns(NS, [], now=1, cluster_update=newer.cluster_update)
+    repo.save_cost(cost(200, ("a", 1.0, 0.5), cost_gbp=2.5, vms=5))
     older = repo.save_cost(cost(100, ("a", 1.0, 0.5), cost_gbp=1.0, vms=1))
-    assert older.cluster_update is None
     assert older.cluster == {"hourly_cost_gbp": 2.5, "vm_count": 5}
-    repo.claim_cooldowns(NS, [], now=1, cluster_update=older.cluster_update)
     assert redis_client.get("cluster:default:cost") == b"2.5"
+    assert redis_client.get("cluster:default:vm_count") == b"5"
 
 
 def test_claim_is_exclusive_and_expires_with_the_cooldown(repo, redis_client):
@@ -141,3 +138,11 @@ def test_round_trips_do_not_grow_with_the_payload(repo, redis_client, mocker):
     assert executes.call_count - small == small == 1
     repo.claim_cooldowns(NS, [f"app-{i}" for i in range(500)], now=10)
     assert executes.call_count == 3
+
+
+def test_cluster_timestamp_keys_share_a_slot_with_the_keys_they_guard():
+    from redis.crc import key_slot
+
+    for item in ("cost", "vm_count"):
+        guarded = StateRepository.cluster_key("default", item).encode()
+        assert key_slot(StateRepository.cluster_timestamp_key("default", item).encode()) == key_slot(guarded)
