@@ -1,0 +1,48 @@
+"""Tokens never reach the logs, whatever the request does."""
+
+import pytest
+import requests
+
+from tests.conftest import COST_TOKEN, FORECAST_TOKEN
+from tests.support import GunicornService, free_port
+
+pytestmark = pytest.mark.gunicorn
+
+ROTATED = "rotated-cost-token-0123456789"
+
+
+def test_no_token_appears_in_any_log(redis_server, redis_client, receiver, tmp_path, cost_payload):
+    token_file = tmp_path / "forecast-token"
+    token_file.write_text(FORECAST_TOKEN)
+    env = {
+        "REDIS_URL": redis_server.url,
+        "AGENT_WEBHOOK_URL": receiver.url,
+        "COST_ENGINE_TOKEN": f"{COST_TOKEN},{ROTATED}",
+        "FORECAST_TOKEN_FILE": str(token_file),
+        "LOG_LEVEL": "DEBUG",
+    }
+    cost = GunicornService("cost_service:create_app()", env).start(tmp_path / "cost.log")
+    forecast = GunicornService("forecast_service:create_app()", env).start(tmp_path / "forecast.log")
+    broken = GunicornService(
+        "cost_service:create_app()", {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    ).start(tmp_path / "broken.log")
+    try:
+        for token in (COST_TOKEN, ROTATED, FORECAST_TOKEN, "not-a-real-token-but-secret"):
+            headers = {"Authorization": f"Bearer {token}"}
+            requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10)
+            requests.post(f"{cost.url}/metrics/cost", json={"bad": token}, headers=headers, timeout=10)
+            requests.post(f"{forecast.url}/metrics/forecast", json={}, headers=headers, timeout=10)
+            requests.post(f"{broken.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10)
+        receiver.status = 500
+        redis_client.flushdb()
+        response = requests.post(
+            f"{cost.url}/metrics/cost", json=cost_payload, headers={"Authorization": f"Bearer {ROTATED}"}, timeout=10
+        )
+        assert response.json()["delivery"] == "failed"
+    finally:
+        for service in (cost, forecast, broken):
+            service.stop()
+    logs = "".join((tmp_path / name).read_text() for name in ("cost.log", "forecast.log", "broken.log"))
+    assert "status=201" in logs and "status=401" in logs and "status=503" in logs and "agent webhook failed" in logs
+    for secret in (COST_TOKEN, ROTATED, FORECAST_TOKEN, "not-a-real-token-but-secret"):
+        assert secret not in logs
