@@ -43,6 +43,11 @@ def number_error(value, maximum, minimum=0):
     return None
 
 
+def _in_range(value, maximum):
+    """True for an int or float within [0, maximum]; NaN and infinities fail the comparison."""
+    return (type(value) is float or type(value) is int) and 0 <= value <= maximum
+
+
 class StrictNumber(fields.Field):
     """A JSON number (never a string or boolean), finite and within [minimum, maximum]."""
 
@@ -111,6 +116,34 @@ class DeploymentList(fields.Field):
         return loaded
 
     def _load_entry(self, entry, seen):
+        # Nearly every entry is well formed: check that cheaply, and only spell out errors when not.
+        row = self._load_valid_entry(entry, seen)
+        if row is not None:
+            return row, None
+        return self._entry_errors(entry, seen)
+
+    def _load_valid_entry(self, entry, seen):
+        """The loaded row when the entry is valid in every respect, else None."""
+        # The exact key count plus every expected key present means no unknown keys.
+        if type(entry) is not dict or len(entry) != len(self.allowed_keys):
+            return None
+        name = entry.get("name")
+        if type(name) is not str or name in seen or not DNS_LABEL.match(name):
+            return None
+        row = {"name": name}
+        for group, (cpu_field, mem_field) in self.groups.items():
+            values = entry.get(group)
+            if type(values) is not dict or len(values) != 2:
+                return None
+            cpu, memory = values.get("cpu_cores"), values.get("memory_mb")
+            if not (_in_range(cpu, MAX_CPU_CORES) and _in_range(memory, MAX_MEMORY_MB)):
+                return None
+            row[cpu_field], row[mem_field] = cpu, memory
+        seen.add(name)
+        return row
+
+    def _entry_errors(self, entry, seen):
+        """marshmallow-style errors for an entry the fast check refused."""
         if not isinstance(entry, dict):
             return None, {"_schema": ["Invalid input type."]}
         errors = {key: [UNKNOWN] for key in entry if key not in self.allowed_keys}

@@ -27,6 +27,11 @@ from redis.exceptions import NoScriptError
 
 COST_FIELDS = ("req_cpu", "req_mem", "usage_cpu_curr", "usage_mem_curr")
 FORECAST_FIELDS = ("pred_cpu_peak", "pred_mem_peak")
+# Field names as Redis returns them, so that thousands of replies need no decoding of names.
+FIELD_NAMES = {
+    name.encode(): name
+    for name in (*COST_FIELDS, *FORECAST_FIELDS, "cost_timestamp", "forecast_timestamp", "last_trigger")
+}
 
 # Per deployment: write the payload's fields unless the stored data from the same source is
 # newer, then return the whole hash, so rules always see what is stored after the write.
@@ -69,17 +74,13 @@ def encode(value):
 
 
 def decode(raw):
-    """A stored number back into an int or float."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
+    """A stored number (bytes) back into an int or float; stored numbers are never negative."""
+    return int(raw) if raw.isdigit() else float(raw)
 
 
 def _hash_to_state(flat):
     """HGETALL's flat [field, value, ...] reply as a dict of numbers."""
-    return {flat[i].decode(): decode(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return {FIELD_NAMES.get(flat[i]) or flat[i].decode(): decode(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 @dataclass
