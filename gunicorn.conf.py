@@ -1,13 +1,24 @@
 """gunicorn settings, flat and read from the environment (PORT, WEB_CONCURRENCY, ...)."""
 
 import os
+import sys
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+
+def _whole_number(name, default, low, high):
+    """An integer setting; a bad value stops gunicorn with one line naming the variable."""
+    raw = os.environ.get(name, default)
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        # SystemExit passes through gunicorn's config loader, which prints a traceback for any Exception.
+        sys.exit(f"Error: {name} must be a whole number from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_whole_number('PORT', '8000', 0, 65535)}"
+workers = _whole_number("WEB_CONCURRENCY", "2", 1, 64)
 worker_class = "sync"
 # Above the webhook's connect + read timeouts, so a slow agent never gets a worker killed.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+timeout = _whole_number("GUNICORN_TIMEOUT", "30", 1, 3600)
+graceful_timeout = _whole_number("GUNICORN_GRACEFUL_TIMEOUT", "20", 1, 3600)
 # Load the app in the master: a bad setting stops the whole server at once with one message.
 preload_app = True
 accesslog = None  # the app logs one line per request itself

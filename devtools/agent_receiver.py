@@ -34,10 +34,17 @@ class AgentReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    message = json.loads(body)
+                except ValueError:
+                    # A stand-in still answers like a real service: bad input is a 400, not a dropped connection.
+                    self.send_response(400)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if receiver.delay:
                     time.sleep(receiver.delay)
-                message = json.loads(body)
                 with receiver._lock:
                     receiver.messages.append(message)
                     receiver.headers.append(dict(self.headers))
@@ -80,10 +87,11 @@ def print_message(message):
 def main(argv=None):
     """Run the receiver until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--status", type=int, default=202, help="HTTP status to answer with")
     args = parser.parse_args(argv)
-    receiver = AgentReceiver(port=args.port, status=args.status, on_message=print_message)
+    receiver = AgentReceiver(host=args.host, port=args.port, status=args.status, on_message=print_message)
     print(f"agent receiver listening on {receiver.url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         receiver.server.serve_forever()

@@ -1,0 +1,28 @@
+# One image for both services; APP_MODULE picks which one gunicorn serves.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    APP_MODULE="cost_service:create_app()"
+
+WORKDIR /app
+
+# Requirements in their own layer, so a code change does not reinstall them.
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+# Only what runs; tests and tooling stay out of the image.
+COPY gunicorn.conf.py .
+COPY shared/ shared/
+COPY cost_service/ cost_service/
+COPY forecast_service/ forecast_service/
+COPY devtools/ devtools/
+
+RUN useradd --system --uid 10001 --no-create-home app
+USER app
+
+EXPOSE 8000 8002
+# exec, so gunicorn itself receives docker's SIGTERM and shuts down gracefully.
+CMD exec gunicorn -c gunicorn.conf.py "$APP_MODULE"
