@@ -3,21 +3,29 @@
 import argparse
 import contextlib
 import json
+import os
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from standardwebhooks import Webhook, WebhookVerificationError
+
 
 class AgentReceiver:
-    """A local HTTP server that stores every JSON body POSTed to it.
+    """A local HTTP server standing in for the agent's webhook.
 
-    `status` and `delay` set how it answers, so tests can make the agent fail or hang.
+    Every call is kept in `calls` (headers, body, the status answered); the messages it accepted
+    (2xx) in `messages`. `status`, `delay` and `script` (a list of (status, headers) answers
+    used in turn before `status`) make it fail or hang for tests. With a Standard Webhooks
+    `secret`, a call whose signature does not verify is answered 401 and not accepted.
     """
 
-    def __init__(self, host="127.0.0.1", port=0, status=202, delay=0.0, on_message=None):
+    def __init__(self, host="127.0.0.1", port=0, status=202, delay=0.0, secret=None, on_message=None):
         self.status, self.delay, self.on_message = status, delay, on_message
-        self.messages, self.headers = [], []
+        self.verifier = Webhook(secret) if secret else None
+        self.script = []
+        self.calls, self.messages, self.headers = [], [], []
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer((host, port), self._handler_class())
         self.server.daemon_threads = True
@@ -29,6 +37,28 @@ class AgentReceiver:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}/triggers"
 
+    def _answer(self, headers, body):
+        """Decide the status and headers for one call, and record it."""
+        status, extra = self.status, {}
+        if self.verifier:
+            try:
+                self.verifier.verify(body, headers)
+            except WebhookVerificationError:
+                status = 401
+        if status != 401:
+            with self._lock:
+                if self.script:
+                    status, extra = self.script.pop(0)
+        message = json.loads(body)
+        with self._lock:
+            self.calls.append({"headers": headers, "body": body, "status": status})
+            if 200 <= status < 300:
+                self.messages.append(message)
+                self.headers.append(headers)
+        if 200 <= status < 300 and self.on_message:
+            self.on_message(message)
+        return status, extra
+
     def _handler_class(self):
         receiver = self
 
@@ -36,21 +66,19 @@ class AgentReceiver:
             def do_POST(self):
                 try:
                     body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                    message = json.loads(body)
+                    json.loads(body)
                 except ValueError:
                     # A stand-in still answers like a real service: bad input is a 400, not a dropped connection.
-                    self.send_response(400)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self._reply(400, {})
                     return
                 if receiver.delay:
                     time.sleep(receiver.delay)
-                with receiver._lock:
-                    receiver.messages.append(message)
-                    receiver.headers.append(dict(self.headers))
-                if receiver.on_message:
-                    receiver.on_message(message)
-                self.send_response(receiver.status)
+                self._reply(*receiver._answer(dict(self.headers), body))
+
+            def _reply(self, status, headers):
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -91,7 +119,11 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--status", type=int, default=202, help="HTTP status to answer with")
     args = parser.parse_args(argv)
-    receiver = AgentReceiver(host=args.host, port=args.port, status=args.status, on_message=print_message)
+    # With the services' signing secret, calls whose signature does not verify are refused (401).
+    secret = os.environ.get("AGENT_WEBHOOK_SECRET") or None
+    receiver = AgentReceiver(
+        host=args.host, port=args.port, status=args.status, secret=secret, on_message=print_message
+    )
     print(f"agent receiver listening on {receiver.url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         receiver.server.serve_forever()

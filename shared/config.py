@@ -1,5 +1,7 @@
 """Settings for both services, read from the environment and validated once at start-up."""
 
+import base64
+import binascii
 import math
 import os
 from dataclasses import dataclass
@@ -15,12 +17,18 @@ DEFAULTS = {
     "REDIS_CLUSTER": "false",
     "AGENT_WEBHOOK_CONNECT_TIMEOUT_SECONDS": "2",
     "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS": "5",
+    "AGENT_WEBHOOK_BUDGET_SECONDS": "5",
     "COOLDOWN_SECONDS": "1800",
     "CPU_WASTE_THRESHOLD": "0.5",
     "CPU_UTILISATION_THRESHOLD": "0.85",
     "PREDICTED_SPIKE_RATIO": "0.9",
     "SAFE_DOWNSCALE_WASTE_THRESHOLD": "0.4",
     "SAFE_DOWNSCALE_PEAK_RATIO": "0.6",
+    "MEMORY_RULES": "false",
+    "MEMORY_UTILISATION_THRESHOLD": "0.85",
+    "PREDICTED_MEMORY_SPIKE_RATIO": "0.9",
+    "MAX_STATE_SKEW_SECONDS": "3600",
+    "RECOMMENDATION_HEADROOM": "0.15",
     "ALLOWED_NAMESPACES": "default",
     "MAX_DEPLOYMENTS": "5000",
     "MAX_BODY_BYTES": str(4 * 1024 * 1024),
@@ -31,6 +39,8 @@ DEFAULTS = {
 SETTING_NAMES = (
     *DEFAULTS,
     "AGENT_WEBHOOK_URL",
+    "AGENT_WEBHOOK_SECRET",
+    "AGENT_WEBHOOK_SECRET_FILE",
     "COST_ENGINE_TOKEN",
     "COST_ENGINE_TOKEN_FILE",
     "FORECAST_TOKEN",
@@ -56,9 +66,12 @@ class Settings:
     webhook_url: str
     webhook_connect_timeout: float
     webhook_read_timeout: float
+    webhook_budget: float
+    webhook_secret: str | None
     tokens: tuple[str, ...]
     cooldown_seconds: int
     thresholds: Thresholds
+    recommendation_headroom: float
     allowed_namespaces: frozenset[str]
     max_deployments: int
     max_body_bytes: int
@@ -92,8 +105,8 @@ def _required(config, name):
     return value
 
 
-def _tokens(config, name):
-    """Read NAME or the file named by NAME_FILE; several comma-separated tokens allow rotation."""
+def _secret(config, name):
+    """NAME, or the content of the file named by NAME_FILE (a Kubernetes secret mount); '' when neither."""
     raw = config.get(name)
     path = config.get(f"{name}_FILE")
     if raw and path:
@@ -104,7 +117,12 @@ def _tokens(config, name):
                 raw = handle.read()
         except OSError as exc:
             raise ConfigError(f"{name}_FILE cannot be read: {exc.strerror}") from None
-    tokens = tuple(part.strip() for part in str(raw or "").split(",") if part.strip())
+    return str(raw or "").strip()
+
+
+def _tokens(config, name):
+    """The accepted bearer tokens; several comma-separated ones allow rotation without downtime."""
+    tokens = tuple(part.strip() for part in _secret(config, name).split(",") if part.strip())
     if not tokens:
         raise ConfigError(f"{name} is required (or {name}_FILE)")
     # Short tokens are guessable; the message must not echo the token itself.
@@ -119,6 +137,21 @@ def _webhook_url(config):
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"AGENT_WEBHOOK_URL must be an http(s) URL, got {url!r}")
     return url
+
+
+def _webhook_secret(config):
+    """The Standard Webhooks signing secret (whsec_ + base64), or None when calls go unsigned."""
+    secret = _secret(config, "AGENT_WEBHOOK_SECRET")
+    if not secret:
+        return None
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_") + "==", validate=False)
+    except (ValueError, binascii.Error):
+        key = b""
+    # The message names the variable only: the secret itself must never reach a log.
+    if not secret.startswith("whsec_") or len(key) < 16:
+        raise ConfigError("AGENT_WEBHOOK_SECRET must be whsec_ followed by at least 16 base64-encoded bytes")
+    return secret
 
 
 def _namespaces(config):
@@ -136,6 +169,10 @@ def _thresholds(config):
             predicted_spike_ratio=_number(config, "PREDICTED_SPIKE_RATIO", 0, 100),
             downscale_waste=_number(config, "SAFE_DOWNSCALE_WASTE_THRESHOLD", 0, 1),
             downscale_peak_ratio=_number(config, "SAFE_DOWNSCALE_PEAK_RATIO", 0, 100),
+            memory_utilisation=_number(config, "MEMORY_UTILISATION_THRESHOLD", 0, 100),
+            predicted_memory_spike_ratio=_number(config, "PREDICTED_MEMORY_SPIKE_RATIO", 0, 100),
+            max_state_skew_seconds=_number(config, "MAX_STATE_SKEW_SECONDS", 0, 30 * 24 * 3600),
+            memory_rules=_flag(config, "MEMORY_RULES"),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -162,10 +199,15 @@ def parse_settings(config, token_setting):
         webhook_url=_webhook_url(config),
         webhook_connect_timeout=_number(config, "AGENT_WEBHOOK_CONNECT_TIMEOUT_SECONDS", 0.1, 60),
         webhook_read_timeout=_number(config, "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS", 0.1, 300),
+        # Kept well under gunicorn's worker timeout (30 s by default): a worker killed mid-delivery
+        # could neither record nor release its claims.
+        webhook_budget=_number(config, "AGENT_WEBHOOK_BUDGET_SECONDS", 0.1, 25),
+        webhook_secret=_webhook_secret(config),
         tokens=_tokens(config, token_setting),
         # At least one second, so two claims of one key can never carry the same value.
         cooldown_seconds=_number(config, "COOLDOWN_SECONDS", 1, 7 * 24 * 3600, int),
         thresholds=_thresholds(config),
+        recommendation_headroom=_number(config, "RECOMMENDATION_HEADROOM", 0, 10),
         allowed_namespaces=_namespaces(config),
         max_deployments=_number(config, "MAX_DEPLOYMENTS", 1, 100_000, int),
         max_body_bytes=_number(config, "MAX_BODY_BYTES", 1024, 256 * 1024 * 1024, int),

@@ -1,15 +1,21 @@
 """One ingest request, start to finish: store, evaluate, claim cooldowns, trigger, settle the claims."""
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.rules import Thresholds, cooldown_running, evaluate_cost, evaluate_forecast
+from shared.recommend import price, recommend
+from shared.rules import (
+    Thresholds,
+    cooldown_remaining,
+    cost_gap,
+    evaluate_cost,
+    evaluate_forecast,
+    forecast_gap,
+    has_risk,
+)
 from shared.state import StateRepository
-from shared.webhook import AgentWebhook, build_trigger
-
-log = logging.getLogger("aggregator.ingest")
+from shared.webhook import AgentWebhook, build_trigger, utc_now_iso
 
 
 @dataclass(frozen=True)
@@ -18,11 +24,12 @@ class Source:
 
     name: str  # the trigger's "source"
     save: Callable  # StateRepository method storing a loaded payload
+    gap: Callable  # rule function: why a state cannot be evaluated, or None
     evaluate: Callable  # rule function over one deployment's stored state
 
 
-COST = Source("cost", StateRepository.save_cost, evaluate_cost)
-FORECAST = Source("forecast", StateRepository.save_forecast, evaluate_forecast)
+COST = Source("cost", StateRepository.save_cost, cost_gap, evaluate_cost)
+FORECAST = Source("forecast", StateRepository.save_forecast, forecast_gap, evaluate_forecast)
 
 
 @dataclass
@@ -32,41 +39,72 @@ class Aggregator:
     repository: StateRepository
     webhook: AgentWebhook
     thresholds: Thresholds
+    headroom: float
 
     def ingest(self, source, payload, request_id, now=None):
         """Store a loaded payload, trigger the agent for deployments that are due, return the 201 body."""
         now = time.time() if now is None else now
         namespace = payload["namespace"]
+        cooldown = self.repository.cooldown_seconds
         saved = source.save(self.repository, payload)
-        firing = {}
+
+        firing, not_evaluated = {}, []
         for name, state in saved.states.items():
+            gap = source.gap(state, self.thresholds)
+            if gap:
+                not_evaluated.append({"deployment": name, "why": gap})
+                continue
             reasons = source.evaluate(state, self.thresholds)
             if reasons:
                 firing[name] = reasons
-        # The hash's last_trigger shows a running window without asking Redis to refuse a claim.
-        held = [name for name in firing if cooldown_running(saved.states[name], now, self.repository.cooldown_seconds)]
-        held_now = set(held)
-        candidates = [name for name in firing if name not in held_now]
-        claimed = self.repository.claim_cooldowns(namespace, candidates, now)
-        won = set(claimed)
-        held += [name for name in candidates if name not in won]
+
+        # The hash's last_trigger shows a running window without asking Redis to refuse a claim;
+        # inside it, only a risk rule may still get through, as an escalation.
+        windows = {name: cooldown_remaining(saved.states[name], now, cooldown) for name in firing}
+        candidates = [name for name in firing if not windows[name]]
+        escalations = {name: windows[name] for name in firing if windows[name] and has_risk(firing[name])}
+        claimed, escalated = self.repository.claim(namespace, candidates, escalations, now)
+
+        sent = claimed + escalated
         delivery = "none"
-        if claimed:
+        if sent:
             message = build_trigger(
-                source.name, namespace, saved.cluster, {n: firing[n] for n in claimed}, saved.states
+                source.name,
+                namespace,
+                saved.cluster,
+                [self._item(namespace, name, firing[name], saved, name in escalated) for name in sent],
             )
             outcome = self.webhook.deliver(message, request_id)
             if outcome.ok:
-                self.repository.record_delivery(namespace, claimed, now)
+                risk = [name for name in claimed if has_risk(firing[name])]
+                self.repository.settle_delivered(namespace, claimed, risk, now)
                 delivery = "ok"
             else:
-                self.repository.release_cooldowns(namespace, claimed, now)
+                record = {"message": message, "error": outcome.error, "failed_at": utc_now_iso()}
+                self.repository.settle_failed(namespace, claimed, escalated, now, record)
                 delivery = "failed"
+        sent_names = set(sent)
         return {
             "status": "accepted",
             "deployments": len(payload["deployments"]),
-            "triggered": claimed,
-            "cooldown": held,
+            "triggered": sent,
+            "cooldown": [name for name in firing if name not in sent_names],
             "stale": saved.stale,
+            "not_evaluated": not_evaluated,
             "delivery": delivery,
         }
+
+    def _item(self, namespace, name, reasons, saved, escalation):
+        """One entry of the trigger: why, the stored state, and what to do about it at what price."""
+        state = saved.states[name]
+        recommendation = recommend(namespace, name, state, self.headroom)
+        item = {
+            "deployment": name,
+            "reasons": reasons,
+            "state": state,
+            "recommendation": recommendation,
+            "cost": price(saved.cluster, state, recommendation),
+        }
+        if escalation:
+            item["escalation"] = True
+        return item

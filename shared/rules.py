@@ -12,21 +12,40 @@ CPU_WASTE = "cpu_waste"
 CPU_UTILISATION = "cpu_utilisation"
 PREDICTED_CPU_SPIKE = "predicted_cpu_spike"
 SAFE_DOWNSCALE = "safe_downscale"
+MEMORY_UTILISATION = "memory_utilisation"
+PREDICTED_MEMORY_SPIKE = "predicted_memory_spike"
+
+# A risk reason may escalate a window that a waste reason opened; never the other way round.
+RISK_RULES = frozenset({CPU_UTILISATION, PREDICTED_CPU_SPIKE, MEMORY_UTILISATION, PREDICTED_MEMORY_SPIKE})
+
+# Why a stored deployment had no rule evaluated (the 201 body's `not_evaluated`).
+NO_COST_STATE = "no_cost_state"
+COST_STATE_TOO_OLD = "cost_state_too_old"
+ZERO_REQUEST = "zero_request"
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The five numbers of the spec; ratios of the requested CPU."""
+    """The rule settings: the spec's five ratios, the memory rules and the cost/forecast skew limit."""
 
     cpu_waste: float = 0.5
     cpu_utilisation: float = 0.85
     predicted_spike_ratio: float = 0.9
     downscale_waste: float = 0.4
     downscale_peak_ratio: float = 0.6
+    memory_utilisation: float = 0.85
+    predicted_memory_spike_ratio: float = 0.9
+    max_state_skew_seconds: float = 3600
+    # Off by default: the spec's behaviour has CPU rules only.
+    memory_rules: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.memory_rules, bool):
+            raise ValueError(f"memory_rules must be a bool, got {self.memory_rules!r}")
         for field in fields(self):
             value = getattr(self, field.name)
+            if field.name == "memory_rules":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"threshold {field.name} must be a finite number, got {value!r}")
             if value < 0:
@@ -50,6 +69,24 @@ def _cpu_request(state):
     return req_cpu
 
 
+def cost_gap(state, thresholds):
+    """Why the cost rules cannot be evaluated on this state, or None when they can."""
+    return ZERO_REQUEST if _cpu_request(state) is None else None
+
+
+def forecast_gap(state, thresholds):
+    """Why the forecast rules cannot be evaluated on this merged state, or None when they can."""
+    if state.get("req_cpu") is None or state.get("usage_cpu_curr") is None:
+        return NO_COST_STATE
+    # A forecast judged against cost data from another day would fire on numbers that no longer hold.
+    skew = abs(state.get("forecast_timestamp", 0) - state.get("cost_timestamp", 0))
+    if skew > thresholds.max_state_skew_seconds:
+        return COST_STATE_TOO_OLD
+    if state["req_cpu"] <= 0:
+        return ZERO_REQUEST
+    return None
+
+
 def evaluate_cost(state, thresholds):
     """Reasons the cost rules fire for one deployment's state (empty when none do)."""
     req_cpu = _cpu_request(state)
@@ -63,6 +100,10 @@ def evaluate_cost(state, thresholds):
         reasons.append(_reason(CPU_WASTE, waste, thresholds.cpu_waste))
     if utilisation > thresholds.cpu_utilisation:
         reasons.append(_reason(CPU_UTILISATION, utilisation, thresholds.cpu_utilisation))
+    req_mem, usage_mem = state.get("req_mem"), state.get("usage_mem_curr")
+    memory_known = thresholds.memory_rules and req_mem and usage_mem is not None
+    if memory_known and usage_mem / req_mem > thresholds.memory_utilisation:
+        reasons.append(_reason(MEMORY_UTILISATION, usage_mem / req_mem, thresholds.memory_utilisation))
     return reasons
 
 
@@ -86,10 +127,19 @@ def evaluate_forecast(state, thresholds):
                 peak_threshold=thresholds.downscale_peak_ratio,
             )
         )
+    req_mem, mem_peak = state.get("req_mem"), state.get("pred_mem_peak")
+    memory_known = thresholds.memory_rules and req_mem and mem_peak is not None
+    if memory_known and mem_peak > thresholds.predicted_memory_spike_ratio * req_mem:
+        reasons.append(_reason(PREDICTED_MEMORY_SPIKE, mem_peak / req_mem, thresholds.predicted_memory_spike_ratio))
     return reasons
 
 
-def cooldown_running(state, now, cooldown_seconds):
-    """True when the state's last delivered trigger is still inside its cooldown window."""
+def has_risk(reasons):
+    """True when any reason is a risk (not waste) rule."""
+    return any(reason["rule"] in RISK_RULES for reason in reasons)
+
+
+def cooldown_remaining(state, now, cooldown_seconds):
+    """Seconds left in the window opened by the state's last delivered trigger (0 when none runs)."""
     last = state.get("last_trigger")
-    return last is not None and now < last + cooldown_seconds
+    return 0 if last is None else max(0.0, last + cooldown_seconds - now)

@@ -12,8 +12,14 @@ Keys (their names are a contract: other systems read them):
   Unix seconds of the payload each of the two keys above came from, so that an older payload
   cannot roll them back. The braces are a Redis Cluster hash tag: each timestamp key lives in
   the same slot as the key it guards, so one script can check and write the pair.
+- ``cluster:{namespace}:req_cpu_total``: CPU cores requested by all deployments of that payload,
+  the denominator of the CPU price; guarded by ``{cluster:{namespace}:req_cpu_total}:timestamp``.
 - ``trigger:{namespace}:{name}``: Unix seconds of the last trigger claim; expires after the
   cooldown. Setting it (``SET NX EX``) is what claims a deployment's cooldown window.
+- ``trigger:{namespace}:{name}:escalation``: set when a risk rule has been sent inside the current
+  window, so that a window a waste rule opened is escalated by a risk rule at most once.
+- ``triggers:{namespace}:failed``: list of JSON records of deliveries that failed for good,
+  newest first, capped at 1000 entries.
 
 Every atomic step touches one key (or a key and its hash-tagged timestamp), so the layout works
 unchanged on Redis Cluster, where ``app:`` and ``trigger:`` keys of one deployment live on
@@ -21,10 +27,14 @@ different nodes. The Redis work of one
 request is a constant number of pipelined round trips, whatever the number of deployments.
 """
 
+import json
+import math
 from dataclasses import dataclass, field
 
 from redis.exceptions import NoScriptError
 
+CLUSTER_ITEMS = ("cost", "vm_count", "req_cpu_total")
+FAILED_KEEP = 1000
 COST_FIELDS = ("req_cpu", "req_mem", "usage_cpu_curr", "usage_mem_curr")
 FORECAST_FIELDS = ("pred_cpu_peak", "pred_mem_peak")
 # Field names as Redis returns them, so that thousands of replies need no decoding of names.
@@ -111,6 +121,16 @@ class StateRepository:
         """The cooldown key of one deployment."""
         return f"trigger:{namespace}:{name}"
 
+    @classmethod
+    def escalation_key(cls, namespace, name):
+        """The key marking that a risk rule was sent in the deployment's current window."""
+        return f"{cls.trigger_key(namespace, name)}:escalation"
+
+    @staticmethod
+    def failed_key(namespace):
+        """The capped list of deliveries that failed for good."""
+        return f"triggers:{namespace}:failed"
+
     @staticmethod
     def cluster_key(namespace, item):
         """One of the cluster-wide keys: cost or vm_count."""
@@ -128,17 +148,21 @@ class StateRepository:
     def save_cost(self, payload):
         """Store a loaded cost payload, cluster totals included; one round trip."""
         namespace, ts = payload["namespace"], encode(payload["timestamp"])
-        totals = payload["cluster_totals"]
+        totals = {
+            "cost": payload["cluster_totals"]["current_hourly_cost_gbp"],
+            "vm_count": payload["cluster_totals"]["vm_count"],
+            "req_cpu_total": sum(row["req_cpu"] for row in payload["deployments"]),
+        }
 
         def build(pipe, shas):
             self._queue_app_writes(pipe, shas, payload, "cost_timestamp", COST_FIELDS)
-            for item, value in (("cost", totals["current_hourly_cost_gbp"]), ("vm_count", totals["vm_count"])):
+            for item in CLUSTER_ITEMS:
                 keys = (self.cluster_key(namespace, item), self.cluster_timestamp_key(namespace, item))
-                _evalsha(pipe, shas["set_if_newer"], keys, ts, encode(value))
+                _evalsha(pipe, shas["set_if_newer"], keys, ts, encode(totals[item]))
 
         replies = self._run(build)
         saved = self._collect(payload["deployments"], replies)
-        saved.cluster = _cluster(*replies[-2:])
+        saved.cluster = _cluster(replies[-len(CLUSTER_ITEMS) :])
         return saved
 
     def save_forecast(self, payload):
@@ -147,38 +171,63 @@ class StateRepository:
 
         def build(pipe, shas):
             self._queue_app_writes(pipe, shas, payload, "forecast_timestamp", FORECAST_FIELDS)
-            pipe.get(self.cluster_key(namespace, "cost"))
-            pipe.get(self.cluster_key(namespace, "vm_count"))
+            for item in CLUSTER_ITEMS:
+                pipe.get(self.cluster_key(namespace, item))
 
         replies = self._run(build)
         saved = self._collect(payload["deployments"], replies)
-        saved.cluster = _cluster(*replies[-2:])
+        saved.cluster = _cluster(replies[-len(CLUSTER_ITEMS) :])
         return saved
 
-    def claim_cooldowns(self, namespace, names, now):
-        """Claim each deployment's cooldown window (SET NX EX); return the names claimed."""
+    def claim(self, namespace, names, escalations, now):
+        """Claim cooldown windows for `names` and escalations for `escalations` ({name: seconds}).
+
+        Both are SET NX EX, so of any number of concurrent requests one wins each key. An
+        escalation lives only as long as the window it escalates. Returns (claimed, escalated).
+        """
         value = str(int(now))
 
         def build(pipe, shas):
             for name in names:
                 pipe.set(self.trigger_key(namespace, name), value, nx=True, ex=self.cooldown_seconds)
+            for name, seconds in escalations.items():
+                pipe.set(self.escalation_key(namespace, name), value, nx=True, ex=max(1, math.ceil(seconds)))
 
-        replies = self._run(build) if names else []
-        return [name for name, won in zip(names, replies) if won]
+        replies = self._run(build) if names or escalations else []
+        claimed = [name for name, won in zip(names, replies) if won]
+        escalated = [name for name, won in zip(escalations, replies[len(names) :]) if won]
+        return claimed, escalated
 
-    def record_delivery(self, namespace, names, now):
-        """Note in each app hash that its trigger, claimed at `now`, was delivered."""
+    def settle_delivered(self, namespace, claimed, risk, now):
+        """After a delivery: note `last_trigger` for the windows claimed at `now`, and mark the ones
+        opened by a risk rule (`risk`) as escalated already, so that no second risk trigger follows."""
         value = str(int(now))
-        self._run(lambda pipe, shas: [pipe.hset(self.app_key(namespace, n), "last_trigger", value) for n in names])
 
-    def release_cooldowns(self, namespace, names, now):
-        """Give back the claims made at `now`, so that the next payload can trigger again."""
+        def build(pipe, shas):
+            for name in claimed:
+                pipe.hset(self.app_key(namespace, name), "last_trigger", value)
+            for name in risk:
+                pipe.set(self.escalation_key(namespace, name), value, nx=True, ex=self.cooldown_seconds)
+
+        self._run(build)
+
+    def settle_failed(self, namespace, claimed, escalated, now, record):
+        """After a failed delivery: give back the claims made at `now` and keep `record` for people to read."""
         value = str(int(now))
-        self._run(
-            lambda pipe, shas: [
-                _evalsha(pipe, shas["release"], (self.trigger_key(namespace, n),), value) for n in names
-            ]
-        )
+        keys = [self.trigger_key(namespace, n) for n in claimed]
+        keys += [self.escalation_key(namespace, n) for n in escalated]
+
+        def build(pipe, shas):
+            for key in keys:
+                _evalsha(pipe, shas["release"], (key,), value)
+            pipe.lpush(self.failed_key(namespace), json.dumps(record, separators=(",", ":")))
+            pipe.ltrim(self.failed_key(namespace), 0, FAILED_KEEP - 1)
+
+        self._run(build)
+
+    def failed_triggers(self, namespace, limit=FAILED_KEEP):
+        """The records of failed deliveries, newest first."""
+        return [json.loads(raw) for raw in self.redis.lrange(self.failed_key(namespace), 0, limit - 1)]
 
     def _queue_app_writes(self, pipe, shas, payload, ts_field, value_fields):
         namespace, ts = payload["namespace"], encode(payload["timestamp"])
@@ -227,8 +276,7 @@ def _evalsha(pipe, sha, keys, *args):
     pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
-def _cluster(cost, vm_count):
-    return {
-        "hourly_cost_gbp": None if cost is None else decode(cost),
-        "vm_count": None if vm_count is None else decode(vm_count),
-    }
+def _cluster(replies):
+    """The stored cluster totals (None where no cost payload has set them yet)."""
+    cost, vm_count, req_cpu_total = (None if raw is None else decode(raw) for raw in replies)
+    return {"hourly_cost_gbp": cost, "vm_count": vm_count, "req_cpu_total": req_cpu_total}

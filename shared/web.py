@@ -9,7 +9,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import click
 from flask import Flask, current_app, g, jsonify, request
+from flask.cli import with_appcontext
 from flask_httpauth import HTTPTokenAuth
 from marshmallow import Schema, ValidationError
 from redis import Redis, RedisCluster
@@ -196,6 +198,20 @@ def _finish_request(response):
     return response
 
 
+@click.command("failed-triggers")
+@click.option(
+    "--namespace", "namespaces", multiple=True, help="Only this namespace (repeatable); default: all allowed."
+)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000), help="Newest entries to show.")
+@with_appcontext
+def failed_triggers_command(namespaces, limit):
+    """Print the newest failed agent deliveries, one JSON record per line."""
+    svc = service()
+    for namespace in namespaces or sorted(svc.settings.allowed_namespaces):
+        for record in svc.aggregator.repository.failed_triggers(namespace, limit):
+            click.echo(json.dumps(record, sort_keys=True))
+
+
 def connect_redis(settings):
     """A Redis (or Redis Cluster) client whose calls fail within the timeout instead of hanging."""
     client_class = RedisCluster if settings.redis_cluster else Redis
@@ -229,13 +245,24 @@ def create_service_app(import_name, test_config, *, path, token_setting, schema_
     configure_logging(settings.log_level)
 
     redis = app.config.get("REDIS_CLIENT") or connect_redis(settings)
-    webhook = AgentWebhook(settings.webhook_url, settings.webhook_connect_timeout, settings.webhook_read_timeout)
+    webhook = AgentWebhook(
+        settings.webhook_url,
+        settings.webhook_connect_timeout,
+        settings.webhook_read_timeout,
+        settings.webhook_budget,
+        secret=settings.webhook_secret,
+    )
     app.extensions["aggregator"] = Service(
         name=import_name,
         settings=settings,
         schema=schema_class(allowed_namespaces=settings.allowed_namespaces, max_deployments=settings.max_deployments),
         source=source,
-        aggregator=Aggregator(StateRepository(redis, settings.cooldown_seconds), webhook, settings.thresholds),
+        aggregator=Aggregator(
+            StateRepository(redis, settings.cooldown_seconds),
+            webhook,
+            settings.thresholds,
+            settings.recommendation_headroom,
+        ),
     )
 
     app.before_request(_start_request)
@@ -244,4 +271,5 @@ def create_service_app(import_name, test_config, *, path, token_setting, schema_
     app.add_url_rule(path, "ingest", ingest_view, methods=["POST"])
     app.add_url_rule("/healthz", "healthz", healthz)
     app.add_url_rule("/readyz", "readyz", readyz)
+    app.cli.add_command(failed_triggers_command)
     return app

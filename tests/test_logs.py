@@ -9,6 +9,7 @@ from tests.support import GunicornService, free_port
 pytestmark = pytest.mark.gunicorn
 
 ROTATED = "rotated-cost-token-0123456789"
+SECRET = "whsec_bG9nLXRlc3Qtc2lnbmluZy1rZXktMDE="
 
 
 def test_no_token_appears_in_any_log(redis_server, redis_client, receiver, tmp_path, cost_payload):
@@ -20,6 +21,8 @@ def test_no_token_appears_in_any_log(redis_server, redis_client, receiver, tmp_p
         "COST_ENGINE_TOKEN": f"{COST_TOKEN},{ROTATED}",
         "FORECAST_TOKEN_FILE": str(token_file),
         "LOG_LEVEL": "DEBUG",
+        "AGENT_WEBHOOK_BUDGET_SECONDS": "1",
+        "AGENT_WEBHOOK_SECRET": SECRET,
     }
     cost = GunicornService("cost_service:create_app()", env).start(tmp_path / "cost.log")
     forecast = GunicornService("forecast_service:create_app()", env).start(tmp_path / "forecast.log")
@@ -43,6 +46,11 @@ def test_no_token_appears_in_any_log(redis_server, redis_client, receiver, tmp_p
         for service in (cost, forecast, broken):
             service.stop()
     logs = "".join((tmp_path / name).read_text() for name in ("cost.log", "forecast.log", "broken.log"))
-    assert "status=201" in logs and "status=401" in logs and "status=503" in logs and "agent webhook failed" in logs
-    for secret in (COST_TOKEN, ROTATED, FORECAST_TOKEN, "not-a-real-token-but-secret"):
+    assert (
+        "status=201" in logs
+        and "status=401" in logs
+        and "status=503" in logs
+        and "agent webhook delivery failed" in logs
+    )
+    for secret in (COST_TOKEN, ROTATED, FORECAST_TOKEN, "not-a-real-token-but-secret", SECRET, SECRET[6:]):
         assert secret not in logs

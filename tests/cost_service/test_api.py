@@ -30,6 +30,7 @@ def test_seed_payload_triggers_adservice_only(cost_client, cost_headers, cost_pa
         "triggered": ["adservice"],
         "cooldown": [],
         "stale": [],
+        "not_evaluated": [],
         "delivery": "ok",
     }
     [message] = receiver.messages

@@ -17,6 +17,10 @@ def test_forecast_without_cost_state_is_stored_but_not_evaluated(
         "triggered": [],
         "cooldown": [],
         "stale": [],
+        "not_evaluated": [
+            {"deployment": "adservice", "why": "no_cost_state"},
+            {"deployment": "cartservice", "why": "no_cost_state"},
+        ],
         "delivery": "none",
     }
     assert redis_client.hget("app:default:adservice", "pred_cpu_peak") == b"0.55"

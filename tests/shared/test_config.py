@@ -72,3 +72,46 @@ def test_token_from_a_file(tmp_path):
 def test_read_environment_takes_only_our_variables():
     env = {"REDIS_URL": "redis://r:6379/0", "HOME": "/root", "COOLDOWN_SECONDS": "60"}
     assert read_environment(env) == {"REDIS_URL": "redis://r:6379/0", "COOLDOWN_SECONDS": "60"}
+
+
+SECRET = "whsec_Y29uZmlnLXRlc3Qtc2lnbmluZy1rZXk="
+
+
+def test_issue_five_defaults():
+    s = settings()
+    assert s.webhook_budget == 5 and s.webhook_secret is None and s.recommendation_headroom == 0.15
+    assert s.thresholds.memory_rules is False and s.thresholds.max_state_skew_seconds == 3600
+
+
+def test_webhook_secret_from_variable_or_file(tmp_path):
+    assert settings(AGENT_WEBHOOK_SECRET=SECRET).webhook_secret == SECRET
+    path = tmp_path / "secret"
+    path.write_text(SECRET + "\n")
+    assert settings(AGENT_WEBHOOK_SECRET_FILE=str(path)).webhook_secret == SECRET
+
+
+@pytest.mark.parametrize("secret", ["plain-text-secret-value", "whsec_", "whsec_c2hvcnQ=", "whsec_!!!not base64!!!"])
+def test_malformed_webhook_secret_is_refused_without_echoing_it(secret):
+    with pytest.raises(ConfigError, match="AGENT_WEBHOOK_SECRET") as info:
+        settings(AGENT_WEBHOOK_SECRET=secret)
+    if secret != "whsec_":  # the bare prefix is in the message's own wording
+        assert secret not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"AGENT_WEBHOOK_BUDGET_SECONDS": "60"}, "AGENT_WEBHOOK_BUDGET_SECONDS"),
+        ({"MEMORY_RULES": "maybe"}, "MEMORY_RULES"),
+        ({"RECOMMENDATION_HEADROOM": "-0.1"}, "RECOMMENDATION_HEADROOM"),
+        ({"MAX_STATE_SKEW_SECONDS": "inf"}, "MAX_STATE_SKEW_SECONDS"),
+        ({"REDIS_CLUSTER": "cluster"}, "REDIS_CLUSTER"),
+    ],
+)
+def test_more_bad_settings_name_the_variable(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        settings(**overrides)
+
+
+def test_memory_rules_flag():
+    assert settings(MEMORY_RULES="true").thresholds.memory_rules is True

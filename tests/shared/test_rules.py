@@ -1,6 +1,14 @@
 import pytest
 
-from shared.rules import Thresholds, cooldown_running, evaluate_cost, evaluate_forecast
+from shared.rules import (
+    Thresholds,
+    cooldown_remaining,
+    cost_gap,
+    evaluate_cost,
+    evaluate_forecast,
+    forecast_gap,
+    has_risk,
+)
 
 T = Thresholds()
 
@@ -101,7 +109,62 @@ def test_thresholds_reject_nonsense(kwargs):
         Thresholds(**kwargs)
 
 
-def test_cooldown_running():
-    assert not cooldown_running({}, now=1000, cooldown_seconds=1800)
-    assert cooldown_running({"last_trigger": 1000}, now=2799, cooldown_seconds=1800)
-    assert not cooldown_running({"last_trigger": 1000}, now=2800, cooldown_seconds=1800)
+def test_cooldown_remaining():
+    assert cooldown_remaining({}, now=1000, cooldown_seconds=1800) == 0
+    assert cooldown_remaining({"last_trigger": 1000}, now=2799, cooldown_seconds=1800) == 1
+    assert cooldown_remaining({"last_trigger": 1000}, now=2800, cooldown_seconds=1800) == 0
+
+
+MEMORY = Thresholds(memory_rules=True)
+
+
+def test_memory_rules_are_off_by_default():
+    state = {"req_cpu": 2.0, "usage_cpu_curr": 1.0, "req_mem": 1000, "usage_mem_curr": 990, "pred_cpu_peak": 1.5}
+    assert evaluate_cost(state, T) == []
+    assert evaluate_forecast({**state, "pred_mem_peak": 2000}, T) == []
+
+
+@pytest.mark.parametrize(("usage_mem", "fires"), [(850, False), (851, True)])
+def test_memory_utilisation_boundary(usage_mem, fires):
+    state = {"req_cpu": 2.0, "usage_cpu_curr": 1.0, "req_mem": 1000, "usage_mem_curr": usage_mem}
+    assert rules(evaluate_cost(state, MEMORY)) == (["memory_utilisation"] if fires else [])
+
+
+@pytest.mark.parametrize(("peak_mem", "fires"), [(900, False), (901, True)])
+def test_predicted_memory_spike_boundary(peak_mem, fires):
+    state = {"req_cpu": 2.0, "usage_cpu_curr": 1.0, "pred_cpu_peak": 1.5, "req_mem": 1000, "pred_mem_peak": peak_mem}
+    assert rules(evaluate_forecast(state, MEMORY)) == (["predicted_memory_spike"] if fires else [])
+
+
+def test_memory_rules_skip_a_zero_memory_request():
+    state = {"req_cpu": 2.0, "usage_cpu_curr": 1.0, "req_mem": 0, "usage_mem_curr": 10, "pred_mem_peak": 10}
+    assert evaluate_cost(state, MEMORY) == [] and evaluate_forecast({**state, "pred_cpu_peak": 1.5}, MEMORY) == []
+
+
+@pytest.mark.parametrize(
+    ("state", "why"),
+    [
+        ({"pred_cpu_peak": 1.0, "forecast_timestamp": 100}, "no_cost_state"),
+        ({"req_cpu": 0, "usage_cpu_curr": 0, "cost_timestamp": 100, "forecast_timestamp": 100}, "zero_request"),
+        ({"req_cpu": 1, "usage_cpu_curr": 0, "cost_timestamp": 100, "forecast_timestamp": 3701}, "cost_state_too_old"),
+        ({"req_cpu": 1, "usage_cpu_curr": 0, "cost_timestamp": 3701, "forecast_timestamp": 100}, "cost_state_too_old"),
+        ({"req_cpu": 1, "usage_cpu_curr": 0, "cost_timestamp": 100, "forecast_timestamp": 3700}, None),
+    ],
+)
+def test_forecast_gap(state, why):
+    assert forecast_gap(state, T) == why
+
+
+def test_cost_gap():
+    assert cost_gap({"req_cpu": 0, "usage_cpu_curr": 0}, T) == "zero_request"
+    assert cost_gap({"req_cpu": 1, "usage_cpu_curr": 0}, T) is None
+
+
+def test_risk_versus_waste():
+    assert has_risk([{"rule": "cpu_waste"}, {"rule": "predicted_cpu_spike"}])
+    assert not has_risk([{"rule": "cpu_waste"}, {"rule": "safe_downscale"}])
+
+
+def test_memory_rules_flag_must_be_a_bool():
+    with pytest.raises(ValueError):
+        Thresholds(memory_rules="yes")

@@ -49,7 +49,7 @@ def test_cost_fields_land_under_the_contract_key_names(repo, redis_client):
         "cost_timestamp": "1704110400",
     }
     assert saved.states["adservice"]["req_cpu"] == 2.0
-    assert saved.cluster == {"hourly_cost_gbp": 1.25, "vm_count": 3}
+    assert saved.cluster == {"hourly_cost_gbp": 1.25, "vm_count": 3, "req_cpu_total": 2.0}
     assert redis_client.get("cluster:default:cost") == b"1.25"
     assert redis_client.get("cluster:default:vm_count") == b"3"
     assert redis_client.get("{cluster:default:cost}:timestamp") == b"1704110400"
@@ -96,30 +96,59 @@ def test_same_timestamp_is_rewritten_idempotently(repo, redis_client):
 def test_cluster_totals_are_not_rolled_back(repo, redis_client):
     repo.save_cost(cost(200, ("a", 1.0, 0.5), cost_gbp=2.5, vms=5))
     older = repo.save_cost(cost(100, ("a", 1.0, 0.5), cost_gbp=1.0, vms=1))
-    assert older.cluster == {"hourly_cost_gbp": 2.5, "vm_count": 5}
+    assert older.cluster == {"hourly_cost_gbp": 2.5, "vm_count": 5, "req_cpu_total": 1.0}
     assert redis_client.get("cluster:default:cost") == b"2.5"
     assert redis_client.get("cluster:default:vm_count") == b"5"
 
 
 def test_claim_is_exclusive_and_expires_with_the_cooldown(repo, redis_client):
-    assert repo.claim_cooldowns(NS, ["a", "b"], now=1000.7) == ["a", "b"]
-    assert repo.claim_cooldowns(NS, ["a", "c"], now=1001) == ["c"]
+    assert repo.claim(NS, ["a", "b"], {}, now=1000.7) == (["a", "b"], [])
+    assert repo.claim(NS, ["a", "c"], {}, now=1001) == (["c"], [])
     assert redis_client.get("trigger:default:a") == b"1000"
     assert 1790 < redis_client.ttl("trigger:default:a") <= 1800
 
 
-def test_release_only_removes_our_own_claim(repo, redis_client):
-    repo.claim_cooldowns(NS, ["a"], now=1000)
-    repo.release_cooldowns(NS, ["a"], now=999)  # somebody else's claim value
-    assert redis_client.exists("trigger:default:a")
-    repo.release_cooldowns(NS, ["a"], now=1000)
+def test_escalation_is_claimed_once_and_lives_as_long_as_its_window(repo, redis_client):
+    assert repo.claim(NS, [], {"a": 120.4}, now=1000) == ([], ["a"])
+    assert repo.claim(NS, ["b"], {"a": 100}, now=1001) == (["b"], [])
+    assert 115 < redis_client.ttl("trigger:default:a:escalation") <= 121
+
+
+def test_failed_delivery_releases_only_our_own_claims_and_is_kept(repo, redis_client):
+    repo.claim(NS, ["a", "b"], {"c": 60}, now=1000)
+    redis_client.set("trigger:default:b", "999")  # somebody else's claim by now
+    repo.settle_failed(NS, ["a", "b"], ["c"], now=1000, record={"error": "HTTP 500", "message": {"n": 1}})
     assert not redis_client.exists("trigger:default:a")
+    assert redis_client.get("trigger:default:b") == b"999"
+    assert not redis_client.exists("trigger:default:c:escalation")
+    assert repo.failed_triggers(NS) == [{"error": "HTTP 500", "message": {"n": 1}}]
 
 
-def test_record_delivery_sets_last_trigger(repo, redis_client):
-    repo.save_cost(cost(100, ("a", 1.0, 0.1)))
-    repo.record_delivery(NS, ["a"], now=5000.9)
+def test_failed_list_is_capped_newest_first(repo, redis_client):
+    for i in range(1003):
+        repo.settle_failed(NS, [], [], now=1, record={"i": i})
+    assert redis_client.llen("triggers:default:failed") == 1000
+    assert [r["i"] for r in repo.failed_triggers(NS, limit=2)] == [1002, 1001]
+
+
+def test_delivery_sets_last_trigger_and_marks_risk_windows(repo, redis_client):
+    repo.save_cost(cost(100, ("a", 1.0, 0.1), ("b", 1.0, 0.99)))
+    repo.settle_delivered(NS, ["a", "b"], ["b"], now=5000.9)
     assert stored(redis_client, "app:default:a")["last_trigger"] == "5000"
+    assert not redis_client.exists("trigger:default:a:escalation")
+    assert redis_client.get("trigger:default:b:escalation") == b"5000"
+
+
+def test_cluster_totals_include_the_requested_cpu(repo, redis_client):
+    saved = repo.save_cost(cost(100, ("a", 1.5, 0.1), ("b", 2.0, 0.2)))
+    assert saved.cluster == {"hourly_cost_gbp": 1.25, "vm_count": 3, "req_cpu_total": 3.5}
+    assert repo.save_forecast(forecast(100, ("a", 1.0))).cluster == saved.cluster
+    assert redis_client.get("cluster:default:req_cpu_total") == b"3.5"
+
+
+def test_forecast_before_any_cost_payload_has_no_cluster_totals(repo):
+    saved = repo.save_forecast(forecast(100, ("a", 1.0)))
+    assert saved.cluster == {"hourly_cost_gbp": None, "vm_count": None, "req_cpu_total": None}
 
 
 def test_scripts_are_reloaded_after_redis_forgets_them(repo, redis_client):
@@ -136,13 +165,13 @@ def test_round_trips_do_not_grow_with_the_payload(repo, redis_client, mocker):
     small = executes.call_count
     repo.save_cost(cost(3, *[(f"app-{i}", 1.0, 0.1) for i in range(500)]))
     assert executes.call_count - small == small == 1
-    repo.claim_cooldowns(NS, [f"app-{i}" for i in range(500)], now=10)
+    repo.claim(NS, [f"app-{i}" for i in range(500)], {f"app-{i}": 60 for i in range(500, 900)}, now=10)
     assert executes.call_count == 3
 
 
 def test_cluster_timestamp_keys_share_a_slot_with_the_keys_they_guard():
     from redis.crc import key_slot
 
-    for item in ("cost", "vm_count"):
+    for item in ("cost", "vm_count", "req_cpu_total"):
         guarded = StateRepository.cluster_key("default", item).encode()
         assert key_slot(StateRepository.cluster_timestamp_key("default", item).encode()) == key_slot(guarded)

@@ -1,0 +1,188 @@
+"""Issue 5 through the real services: signed, retried, enriched triggers, escalation and failed deliveries."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+from standardwebhooks import Webhook
+
+from cost_service import create_app as create_cost_app
+from devtools.agent_receiver import AgentReceiver
+from forecast_service import create_app as create_forecast_app
+from tests.conftest import COST_TOKEN
+from tests.support import ROOT, GunicornService
+
+SECRET = "whsec_dHJpZ2dlci10ZXN0LXNpZ25pbmcta2V5LTAx"
+
+
+@pytest.fixture
+def signed_receiver():
+    agent = AgentReceiver(secret=SECRET).start()
+    yield agent
+    agent.stop()
+
+
+@pytest.mark.gunicorn
+def test_signed_enriched_trigger_from_gunicorn(redis_server, redis_client, signed_receiver, cost_payload, tmp_path):
+    env = {
+        "REDIS_URL": redis_server.url,
+        "AGENT_WEBHOOK_URL": signed_receiver.url,
+        "AGENT_WEBHOOK_SECRET": SECRET,
+        "COST_ENGINE_TOKEN": COST_TOKEN,
+    }
+    cost = GunicornService("cost_service:create_app()", env).start(tmp_path / "cost.log")
+    try:
+        body = requests.post(
+            f"{cost.url}/metrics/cost", json=cost_payload, headers={"Authorization": f"Bearer {COST_TOKEN}"}, timeout=10
+        ).json()
+    finally:
+        cost.stop()
+    assert body["delivery"] == "ok"
+    [call] = signed_receiver.calls
+    assert call["status"] == 202  # the receiver verified the signature
+    message = Webhook(SECRET).verify(call["body"], call["headers"])
+    [item] = message["triggers"]
+    assert item["recommendation"] == {
+        "cpu_cores": 0.46,
+        "memory_mb": 589,
+        "headroom": 0.15,
+        "kubectl": "kubectl -n default set resources deployment/adservice --requests=cpu=460m,memory=589Mi",
+    }
+    assert item["cost"]["price_per_cpu_core_hour_gbp"] == 0.357143
+    assert item["cost"]["current_gbp_per_hour"] == 0.714286
+    assert item["cost"]["recommended_gbp_per_hour"] == 0.164286
+    assert item["cost"]["delta_gbp_per_hour"] == -0.55
+    assert "escalation" not in item
+
+
+def test_a_wrong_secret_fails_delivery_and_releases_the_claim(
+    base_config, cost_headers, cost_payload, signed_receiver, redis_client
+):
+    config = {**base_config, "AGENT_WEBHOOK_URL": signed_receiver.url, "AGENT_WEBHOOK_SECRET": SECRET[:-4] + "AAAA"}
+    body = create_cost_app(config).test_client().post("/metrics/cost", json=cost_payload, headers=cost_headers).json
+    assert body["delivery"] == "failed" and [c["status"] for c in signed_receiver.calls] == [401]
+    assert not redis_client.exists("trigger:default:adservice")
+
+
+@pytest.fixture
+def clients(base_config):
+    config = {**base_config, "AGENT_WEBHOOK_BUDGET_SECONDS": "1"}
+    return create_cost_app(config).test_client(), create_forecast_app(config).test_client()
+
+
+def forecast_peak(forecast_payload, cpu):
+    forecast_payload["deployments"][0]["predict_peak_24h"]["cpu_cores"] = cpu
+    return forecast_payload
+
+
+def test_risk_escalates_a_window_opened_by_waste_once(
+    clients, cost_headers, forecast_headers, cost_payload, forecast_payload, receiver, redis_client
+):
+    cost, forecast = clients
+    assert cost.post("/metrics/cost", json=cost_payload, headers=cost_headers).json["triggered"] == ["adservice"]
+    # Inside that window the forecaster predicts a spike: the agent must hear of it before downscaling.
+    spike = forecast_peak(forecast_payload, 1.9)
+    body = forecast.post("/metrics/forecast", json=spike, headers=forecast_headers).json
+    assert body["triggered"] == ["adservice"] and body["cooldown"] == []
+    [item] = receiver.messages[-1]["triggers"]
+    assert item["escalation"] is True and item["reasons"][0]["rule"] == "predicted_cpu_spike"
+    # Once per window: the next spike is held by the cooldown.
+    again = forecast.post("/metrics/forecast", json=spike, headers=forecast_headers).json
+    assert again["triggered"] == [] and again["cooldown"] == ["adservice"]
+    assert len(receiver.messages) == 2
+    window = redis_client.ttl("trigger:default:adservice")
+    assert 0 < redis_client.ttl("trigger:default:adservice:escalation") <= window
+
+
+def test_a_window_opened_by_risk_is_not_escalated(
+    clients, cost_headers, forecast_headers, cost_payload, forecast_payload, receiver
+):
+    cost, forecast = clients
+    cost_payload["deployments"][0]["current_usage"]["cpu_cores"] = 1.9  # cpu_utilisation 0.95
+    assert cost.post("/metrics/cost", json=cost_payload, headers=cost_headers).json["triggered"] == ["adservice"]
+    body = forecast.post("/metrics/forecast", json=forecast_peak(forecast_payload, 1.95), headers=forecast_headers).json
+    assert body["triggered"] == [] and body["cooldown"] == ["adservice"]
+    assert len(receiver.messages) == 1
+
+
+def test_waste_never_escalates(clients, cost_headers, forecast_headers, cost_payload, forecast_payload, receiver):
+    cost, forecast = clients
+    cost.post("/metrics/cost", json=cost_payload, headers=cost_headers)
+    body = forecast.post("/metrics/forecast", json=forecast_payload, headers=forecast_headers).json  # safe_downscale
+    assert body["cooldown"] == ["adservice"] and len(receiver.messages) == 1
+
+
+def test_failed_escalation_is_released(
+    clients, cost_headers, forecast_headers, cost_payload, forecast_payload, receiver, redis_client
+):
+    cost, forecast = clients
+    cost.post("/metrics/cost", json=cost_payload, headers=cost_headers)
+    receiver.status = 500
+    spike = forecast_peak(forecast_payload, 1.9)
+    assert forecast.post("/metrics/forecast", json=spike, headers=forecast_headers).json["delivery"] == "failed"
+    assert not redis_client.exists("trigger:default:adservice:escalation")
+    assert redis_client.exists("trigger:default:adservice")  # the waste window itself was delivered and stays
+    receiver.status = 202
+    assert forecast.post("/metrics/forecast", json=spike, headers=forecast_headers).json["delivery"] == "ok"
+
+
+def test_forecast_against_old_cost_data_is_not_evaluated(
+    clients, cost_headers, forecast_headers, cost_payload, forecast_payload
+):
+    cost, forecast = clients
+    cost.post("/metrics/cost", json=cost_payload, headers=cost_headers)
+    forecast_payload["timestamp"] = "2024-01-01T13:00:01Z"  # 3601 s after the cost data
+    body = forecast.post("/metrics/forecast", json=forecast_payload, headers=forecast_headers).json
+    assert body["not_evaluated"] == [
+        {"deployment": "adservice", "why": "cost_state_too_old"},
+        {"deployment": "cartservice", "why": "cost_state_too_old"},
+    ]
+
+
+def test_zero_request_is_reported_not_evaluated(clients, cost_headers, cost_payload):
+    cost, _ = clients
+    cost_payload["deployments"][1]["current_requests"]["cpu_cores"] = 0
+    body = cost.post("/metrics/cost", json=cost_payload, headers=cost_headers).json
+    assert body["not_evaluated"] == [{"deployment": "cartservice", "why": "zero_request"}]
+
+
+def test_memory_rules_behind_their_flag(base_config, cost_headers, cost_payload, receiver):
+    cost_payload["deployments"][1]["current_usage"]["memory_mb"] = 2000  # 98 % of 2048
+    plain = create_cost_app(base_config).test_client()
+    assert plain.post("/metrics/cost", json=cost_payload, headers=cost_headers).json["triggered"] == ["adservice"]
+    receiver.messages.clear()
+    cost_payload["timestamp"] = "2024-01-01T12:00:01Z"
+    with_memory = create_cost_app({**base_config, "MEMORY_RULES": "true"}).test_client()
+    body = with_memory.post("/metrics/cost", json=cost_payload, headers=cost_headers).json
+    assert body["triggered"] == ["cartservice"]
+    [item] = receiver.messages[0]["triggers"]
+    assert item["reasons"][0]["rule"] == "memory_utilisation"
+
+
+def test_failed_deliveries_are_kept_and_printed_by_the_cli(
+    base_config, cost_headers, cost_payload, receiver, redis_client, redis_server
+):
+    receiver.status = 503
+    client = create_cost_app({**base_config, "AGENT_WEBHOOK_BUDGET_SECONDS": "0.5"}).test_client()
+    assert client.post("/metrics/cost", json=cost_payload, headers=cost_headers).json["delivery"] == "failed"
+    [raw] = redis_client.lrange("triggers:default:failed", 0, -1)
+    record = json.loads(raw)
+    assert record["error"] == "HTTP 503" and record["failed_at"].endswith("Z")
+    assert record["message"]["triggers"][0]["deployment"] == "adservice"
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COST_ENGINE_TOKEN_FILE",)}
+    env.update({k: str(v) for k, v in base_config.items()})
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "cost_service", "failed-triggers"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    assert json.loads(line) == record
