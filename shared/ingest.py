@@ -33,6 +33,16 @@ FORECAST = Source("forecast", StateRepository.save_forecast, forecast_gap, evalu
 
 
 @dataclass
+class IngestResult:
+    """What one ingest did: the 201 body, and the details metrics and logs want."""
+
+    body: dict
+    firing: dict  # deployment -> reasons, for every deployment whose rules fired
+    cooldown: list  # deployments held back by a running window
+    delivery: object = None  # the webhook Delivery, when a trigger was sent
+
+
+@dataclass
 class Aggregator:
     """The parts one ingest needs, built once per app."""
 
@@ -42,7 +52,7 @@ class Aggregator:
     headroom: float
 
     def ingest(self, source, payload, request_id, now=None):
-        """Store a loaded payload, trigger the agent for deployments that are due, return the 201 body."""
+        """Store a loaded payload, trigger the agent for deployments that are due; return an IngestResult."""
         now = time.time() if now is None else now
         namespace = payload["namespace"]
         cooldown = self.repository.cooldown_seconds
@@ -66,7 +76,7 @@ class Aggregator:
         claimed, escalated = self.repository.claim(namespace, candidates, escalations, now)
 
         sent = claimed + escalated
-        delivery = "none"
+        delivery, outcome = "none", None
         if sent:
             message = build_trigger(
                 source.name,
@@ -84,15 +94,17 @@ class Aggregator:
                 self.repository.settle_failed(namespace, claimed, escalated, now, record)
                 delivery = "failed"
         sent_names = set(sent)
-        return {
+        held = [name for name in firing if name not in sent_names]
+        body = {
             "status": "accepted",
             "deployments": len(payload["deployments"]),
             "triggered": sent,
-            "cooldown": [name for name in firing if name not in sent_names],
+            "cooldown": held,
             "stale": saved.stale,
             "not_evaluated": not_evaluated,
             "delivery": delivery,
         }
+        return IngestResult(body, firing, held, outcome)
 
     def _item(self, namespace, name, reasons, saved, escalation):
         """One entry of the trigger: why, the stored state, and what to do about it at what price."""

@@ -4,7 +4,6 @@ import hmac
 import json
 import logging
 import re
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 from werkzeug.exceptions import HTTPException
 
+from shared import logs, metrics
 from shared.config import DEFAULTS, Settings, parse_settings, read_environment
 from shared.ingest import Aggregator, Source
 from shared.state import StateRepository
@@ -37,6 +37,7 @@ REDIS_UNAVAILABLE = (
     redis_errors.MasterDownError,
 )
 RETRY_AFTER_SECONDS = "5"
+PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 ERROR_CODES = {
     400: "BAD_REQUEST",
@@ -70,6 +71,7 @@ class Service:
     """Everything a service's requests use, built once by the factory."""
 
     name: str
+    path: str
     settings: Settings
     schema: Schema
     source: Source
@@ -102,7 +104,8 @@ def handle_error(exc):
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         error = ApiError(exc.code, exc.description, headers=headers)
     elif isinstance(exc, REDIS_UNAVAILABLE):
-        log.error("redis unavailable request_id=%s error=%s: %s", g.get("request_id"), type(exc).__name__, exc)
+        metrics.REDIS_ERRORS.labels(service().name).inc()
+        log.error("redis unavailable: %s: %s", type(exc).__name__, exc, extra={"request_id": g.get("request_id")})
         error = ApiError(
             503,
             "State store unavailable; retry later.",
@@ -110,7 +113,7 @@ def handle_error(exc):
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
     else:
-        log.exception("unhandled error request_id=%s", g.get("request_id"))
+        log.exception("unhandled error", extra={"request_id": g.get("request_id")})
         error = ApiError(500, "Internal error.")
     body = {
         "error": {
@@ -160,8 +163,9 @@ def ingest_view():
     except ValidationError as exc:
         raise ApiError(422, "Payload failed validation.", details={"fields": exc.messages}) from None
     result = svc.aggregator.ingest(svc.source, payload, g.request_id)
-    g.log_fields = {"deployments": result["deployments"], "triggered": len(result["triggered"])}
-    return jsonify(result), 201
+    metrics.record_ingest(svc.name, result)
+    g.deployments, g.triggered = result.body["deployments"], result.body["triggered"]
+    return jsonify(result.body), 201
 
 
 def healthz():
@@ -184,17 +188,25 @@ def _start_request():
 
 def _finish_request(response):
     response.headers["X-Request-ID"] = g.request_id
-    if request.path not in ("/healthz", "/readyz"):
-        fields = " ".join(f"{k}={v}" for k, v in g.get("log_fields", {}).items())
-        log.info(
-            "request_id=%s method=%s path=%s status=%s duration_ms=%.1f %s",
-            g.request_id,
-            request.method,
-            request.path,
-            response.status_code,
-            (time.perf_counter() - g.started) * 1000,
-            fields,
-        )
+    if request.path in PROBE_PATHS:
+        return response
+    svc = service()
+    seconds = time.perf_counter() - g.started
+    if request.path == svc.path:
+        metrics.INGEST_REQUESTS.labels(svc.name, str(response.status_code)).inc()
+        metrics.REQUEST_DURATION.labels(svc.name).observe(seconds)
+    log.info(
+        "request",
+        extra={
+            "request_id": g.request_id,
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round(seconds * 1000, 2),
+            "deployments": g.get("deployments"),
+            "triggered": g.get("triggered"),
+        },
+    )
     return response
 
 
@@ -224,14 +236,10 @@ def connect_redis(settings):
     )
 
 
-def configure_logging(level):
-    """Send the service's logs to stdout, once per process."""
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(level)
+def metrics_page():
+    """Prometheus metrics of every worker of this service."""
+    body, content_type = metrics.exposition()
+    return body, 200, {"Content-Type": content_type}
 
 
 def create_service_app(import_name, test_config, *, path, token_setting, schema_class, source):
@@ -242,7 +250,7 @@ def create_service_app(import_name, test_config, *, path, token_setting, schema_
     app.config.from_mapping(test_config or {})
     settings = parse_settings(app.config, token_setting)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    configure_logging(settings.log_level)
+    logs.configure(log, settings.log_level)
 
     redis = app.config.get("REDIS_CLIENT") or connect_redis(settings)
     webhook = AgentWebhook(
@@ -254,6 +262,7 @@ def create_service_app(import_name, test_config, *, path, token_setting, schema_
     )
     app.extensions["aggregator"] = Service(
         name=import_name,
+        path=path,
         settings=settings,
         schema=schema_class(allowed_namespaces=settings.allowed_namespaces, max_deployments=settings.max_deployments),
         source=source,
@@ -271,5 +280,6 @@ def create_service_app(import_name, test_config, *, path, token_setting, schema_
     app.add_url_rule(path, "ingest", ingest_view, methods=["POST"])
     app.add_url_rule("/healthz", "healthz", healthz)
     app.add_url_rule("/readyz", "readyz", readyz)
+    app.add_url_rule("/metrics", "metrics", metrics_page)
     app.cli.add_command(failed_triggers_command)
     return app

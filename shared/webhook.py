@@ -95,14 +95,18 @@ class AgentWebhook:
             except requests.RequestException as exc:
                 status, error = None, type(exc).__name__
                 log.warning(
-                    "agent webhook attempt %s failed request_id=%s error=%s", attempt, request_id, error, exc_info=True
+                    "agent webhook attempt failed",
+                    exc_info=True,
+                    extra={"request_id": request_id, "attempt": attempt, "error": error},
                 )
             else:
                 status = response.status_code
                 if 200 <= status < 300:
                     return Delivery(True, status, None, time.monotonic() - started, attempt, webhook_id)
                 error = f"HTTP {status}"
-                log.warning("agent webhook attempt %s failed request_id=%s status=%s", attempt, request_id, status)
+                log.warning(
+                    "agent webhook attempt failed", extra={"request_id": request_id, "attempt": attempt, "error": error}
+                )
                 # Other 4xx mean the agent refuses this message: sending it again cannot help.
                 if status != 429 and status < 500:
                     break
@@ -117,11 +121,8 @@ class AgentWebhook:
             self.sleep(wait)
         seconds = time.monotonic() - started
         log.error(
-            "agent webhook delivery failed request_id=%s webhook_id=%s attempts=%s error=%s",
-            request_id,
-            webhook_id,
-            attempt,
-            error,
+            "agent webhook delivery failed",
+            extra={"request_id": request_id, "webhook_id": webhook_id, "attempts": attempt, "error": error},
         )
         return Delivery(False, status, error, seconds, attempt, webhook_id)
 

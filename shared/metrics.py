@@ -1,0 +1,63 @@
+"""Prometheus metrics; their names and labels are a contract with the dashboards.
+
+Under gunicorn every worker is its own process, so prometheus_client runs in multiprocess mode:
+gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a directory it wipes at start-up, before
+this module is imported, and /metrics adds up what every worker wrote there.
+"""
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# Ingest of thousands of deployments takes tens of milliseconds; the agent call up to the budget.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25)
+
+INGEST_REQUESTS = Counter("aggregator_ingest_requests", "Ingest requests by answer status.", ["service", "status"])
+REQUEST_DURATION = Histogram(
+    "aggregator_request_duration_seconds", "Time to answer an ingest request.", ["service"], buckets=REQUEST_BUCKETS
+)
+DEPLOYMENTS_INGESTED = Counter("aggregator_deployments_ingested", "Deployments in accepted payloads.", ["service"])
+RULE_FIRINGS = Counter("aggregator_rule_firings", "Rules that fired, per deployment.", ["service", "rule"])
+TRIGGERS = Counter(
+    "aggregator_triggers", "Deployments per trigger outcome: delivered, failed, cooldown.", ["service", "outcome"]
+)
+WEBHOOK_DURATION = Histogram(
+    "aggregator_webhook_duration_seconds",
+    "Time to deliver to the agent, retries included.",
+    ["service"],
+    buckets=WEBHOOK_BUCKETS,
+)
+REDIS_ERRORS = Counter("aggregator_redis_errors", "Requests that found Redis unavailable.", ["service"])
+
+
+def record_ingest(service, result):
+    """Count what one accepted ingest did (its IngestResult)."""
+    DEPLOYMENTS_INGESTED.labels(service).inc(result.body["deployments"])
+    for reasons in result.firing.values():
+        for reason in reasons:
+            RULE_FIRINGS.labels(service, reason["rule"]).inc()
+    if result.cooldown:
+        TRIGGERS.labels(service, "cooldown").inc(len(result.cooldown))
+    if result.delivery is not None:
+        outcome = "delivered" if result.delivery.ok else "failed"
+        TRIGGERS.labels(service, outcome).inc(len(result.body["triggered"]))
+        WEBHOOK_DURATION.labels(service).observe(result.delivery.seconds)
+
+
+def exposition():
+    """The metrics page: every worker's numbers in multiprocess mode, this process's otherwise."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST

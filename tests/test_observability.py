@@ -1,0 +1,91 @@
+"""Metrics and logs of a service under gunicorn with several workers."""
+
+import json
+import re
+
+import pytest
+import requests
+
+from tests.conftest import COST_TOKEN
+from tests.support import GunicornService
+
+pytestmark = pytest.mark.gunicorn
+
+
+def sample(page, name, **labels):
+    """The value of one sample on a Prometheus text page (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in page.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and ",".join(sorted(match.group(1).split(","))) == wanted:
+            return float(match.group(2))
+    return 0.0
+
+
+@pytest.fixture
+def cost(redis_server, redis_client, receiver, tmp_path):
+    env = {
+        "REDIS_URL": redis_server.url,
+        "AGENT_WEBHOOK_URL": receiver.url,
+        "COST_ENGINE_TOKEN": COST_TOKEN,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    service = GunicornService("cost_service:create_app()", env, workers=2).start(tmp_path / "cost.log")
+    yield service
+    service.stop()
+
+
+def test_counters_add_up_across_workers(cost, cost_payload, tmp_path):
+    headers = {"Authorization": f"Bearer {COST_TOKEN}"}
+    accepted, refused = 30, 7
+    for i in range(accepted):
+        cost_payload["timestamp"] = f"2024-01-01T12:00:{i:02d}Z"
+        assert requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10).ok
+    for _ in range(refused):
+        assert requests.post(f"{cost.url}/metrics/cost", json={}, headers=headers, timeout=10).status_code == 422
+    for _ in range(6):  # several scrapes, so both workers answer some; each must see the sum
+        response = requests.get(f"{cost.url}/metrics", timeout=10)
+        assert response.headers["Content-Type"].startswith("text/plain")
+        page = response.text
+        assert sample(page, "aggregator_ingest_requests_total", service="cost_service", status="201") == accepted
+        assert sample(page, "aggregator_ingest_requests_total", service="cost_service", status="422") == refused
+        assert sample(page, "aggregator_request_duration_seconds_count", service="cost_service") == accepted + refused
+        assert sample(page, "aggregator_deployments_ingested_total", service="cost_service") == 2 * accepted
+        # adservice fires cpu_waste on every payload: one delivery, then the cooldown holds it.
+        assert sample(page, "aggregator_rule_firings_total", service="cost_service", rule="cpu_waste") == accepted
+        assert sample(page, "aggregator_triggers_total", service="cost_service", outcome="delivered") == 1
+        assert sample(page, "aggregator_triggers_total", service="cost_service", outcome="cooldown") == accepted - 1
+        assert sample(page, "aggregator_webhook_duration_seconds_count", service="cost_service") == 1
+    # One JSON line per request, and JSON for gunicorn's own lines too.
+    records = [json.loads(line) for line in (tmp_path / "cost.log").read_text().splitlines()]
+    requests_logged = [r for r in records if r["message"] == "request"]
+    assert len(requests_logged) == accepted + refused
+    for record in requests_logged:
+        assert {"time", "level", "service", "request_id", "method", "path", "status", "duration_ms"} <= set(record)
+        assert record["service"] == "cost_service" and record["path"] == "/metrics/cost"
+    assert all(r["deployments"] == 2 and "triggered" in r for r in requests_logged if r["status"] == 201)
+    assert any(r["logger"] == "gunicorn.error" for r in records)
+
+
+def test_redis_errors_are_counted(redis_server, receiver, tmp_path, cost_payload):
+    from tests.support import free_port
+
+    env = {
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "AGENT_WEBHOOK_URL": receiver.url,
+        "COST_ENGINE_TOKEN": COST_TOKEN,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+    service = GunicornService("cost_service:create_app()", env, workers=2).start(tmp_path / "cost.log")
+    try:
+        headers = {"Authorization": f"Bearer {COST_TOKEN}"}
+        for _ in range(5):
+            assert (
+                requests.post(f"{service.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10).status_code
+                == 503
+            )
+        page = requests.get(f"{service.url}/metrics", timeout=10).text
+    finally:
+        service.stop()
+    assert sample(page, "aggregator_redis_errors_total", service="cost_service") == 5
+    assert sample(page, "aggregator_ingest_requests_total", service="cost_service", status="503") == 5
