@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from shared import logs, metrics
 from shared.config import DEFAULTS, Settings, parse_settings, read_environment
 from shared.ingest import Aggregator, Source
+from shared.openapi import build_openapi
 from shared.state import StateRepository
 from shared.webhook import AgentWebhook, utc_now_iso
 
@@ -236,6 +237,11 @@ def connect_redis(settings):
     )
 
 
+def openapi_document():
+    """This service's OpenAPI 3 document."""
+    return jsonify(current_app.config["OPENAPI"])
+
+
 def metrics_page():
     """Prometheus metrics of every worker of this service."""
     body, content_type = metrics.exposition()
@@ -274,6 +280,10 @@ def create_service_app(import_name, test_config, *, path, token_setting, schema_
         ),
     )
 
+    # Built once: the document only changes with the code and the payload limits.
+    app.config["OPENAPI"] = build_openapi(
+        import_name, path, app.extensions["aggregator"].schema, f"Ingest a {source.name} payload"
+    )
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.register_error_handler(Exception, handle_error)
@@ -281,5 +291,6 @@ def create_service_app(import_name, test_config, *, path, token_setting, schema_
     app.add_url_rule("/healthz", "healthz", healthz)
     app.add_url_rule("/readyz", "readyz", readyz)
     app.add_url_rule("/metrics", "metrics", metrics_page)
+    app.add_url_rule("/openapi.json", "openapi", openapi_document)
     app.cli.add_command(failed_triggers_command)
     return app

@@ -1,0 +1,41 @@
+"""SIGTERM (a pod being stopped) lets in-flight requests finish."""
+
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.conftest import COST_TOKEN
+from tests.support import GunicornService
+
+pytestmark = pytest.mark.gunicorn
+
+
+def test_sigterm_during_a_request_still_answers_it(redis_server, redis_client, receiver, tmp_path, cost_payload):
+    receiver.delay = 1.5  # the agent is slow, so the request is in flight when SIGTERM arrives
+    env = {"REDIS_URL": redis_server.url, "AGENT_WEBHOOK_URL": receiver.url, "COST_ENGINE_TOKEN": COST_TOKEN}
+    service = GunicornService("cost_service:create_app()", env, workers=1).start(tmp_path / "cost.log")
+    answers = []
+
+    def ingest():
+        answers.append(
+            requests.post(
+                f"{service.url}/metrics/cost",
+                json=cost_payload,
+                headers={"Authorization": f"Bearer {COST_TOKEN}"},
+                timeout=30,
+            )
+        )
+
+    caller = threading.Thread(target=ingest)
+    caller.start()
+    time.sleep(0.5)
+    service.process.send_signal(signal.SIGTERM)
+    caller.join(timeout=30)
+    assert service.process.wait(timeout=30) == 0
+    service.stop()
+    [answer] = answers
+    assert answer.status_code == 201 and answer.json()["delivery"] == "ok"
+    assert redis_client.hget("app:default:adservice", "last_trigger") is not None
