@@ -20,8 +20,9 @@ COPY cost_service/ cost_service/
 COPY forecast_service/ forecast_service/
 COPY devtools/ devtools/
 
-RUN useradd --system --uid 10001 --no-create-home app
-USER app
+RUN groupadd --system --gid 10001 app && useradd --system --uid 10001 --gid 10001 --no-create-home app
+# Numeric, so Kubernetes' runAsNonRoot can verify it without a runAsUser of its own.
+USER 10001:10001
 
 EXPOSE 8000 8002
 # exec, so gunicorn itself receives docker's SIGTERM and shuts down gracefully.
