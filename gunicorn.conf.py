@@ -36,7 +36,9 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # prometheus_client's multiprocess mode: every worker writes its numbers into this directory and
 # /metrics adds them up. It must be set before the app imports prometheus_client, and emptied so
 # that a restart does not resurrect the counts of workers that are gone.
-metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="aggregator-metrics-")))
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="aggregator-metrics-")
+metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 metrics_dir.mkdir(parents=True, exist_ok=True)
 for leftover in metrics_dir.iterdir():
     if leftover.is_dir():

@@ -44,7 +44,8 @@ GUNICORN_LOGGING = {
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
     "loggers": {
         "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
-        "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+        # The app logs one richer line per request itself; gunicorn's access lines would double them.
+        "gunicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
     },
     "root": {"handlers": ["stdout"], "level": "WARNING"},
 }
