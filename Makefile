@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint fmt clean redis-server
+.PHONY: help venv run test lint fmt clean redis-server bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,3 +49,6 @@ fmt: venv ## Sort imports and format the code with ruff
 clean: ## Remove caches (keeps .venv; rm -rf .venv to start over)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
 	rm -rf .pytest_cache .ruff_cache .hypothesis
+
+bench: venv redis-server ## Benchmark both ingest endpoints against a bare-Flask ceiling (a few minutes; writes bench/RESULTS.md)
+	$(BIN)/python bench/run.py

@@ -38,7 +38,7 @@ from tests.support import GunicornService, RedisServer  # noqa: E402
 SIZES = (2, 50, 500, 2000)
 COST_TOKEN = "bench-cost-token-0123456789abcdef"
 FORECAST_TOKEN = "bench-forecast-token-0123456789abcdef"
-WORKERS = 2
+WORKERS = int(os.environ.get("WEB_CONCURRENCY", "2"))
 WRK_THREADS = 2
 WRK_CONNECTIONS = 8
 # Far above any latency we expect, so a slow large payload is measured rather than dropped.
