@@ -144,6 +144,9 @@ def _webhook_secret(config):
     secret = _secret(config, "AGENT_WEBHOOK_SECRET")
     if not secret:
         return None
+    # Unlike tokens, a call carries one signature: a list would silently sign with its first entry.
+    if "," in secret:
+        raise ConfigError("AGENT_WEBHOOK_SECRET takes one secret, not a comma-separated list")
     try:
         key = base64.b64decode(secret.removeprefix("whsec_") + "==", validate=False)
     except (ValueError, binascii.Error):

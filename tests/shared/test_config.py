@@ -90,7 +90,10 @@ def test_webhook_secret_from_variable_or_file(tmp_path):
     assert settings(AGENT_WEBHOOK_SECRET_FILE=str(path)).webhook_secret == SECRET
 
 
-@pytest.mark.parametrize("secret", ["plain-text-secret-value", "whsec_", "whsec_c2hvcnQ=", "whsec_!!!not base64!!!"])
+@pytest.mark.parametrize(
+    "secret",
+    ["plain-text-secret-value", "whsec_", "whsec_c2hvcnQ=", "whsec_!!!not base64!!!", f"{SECRET},{SECRET}"],
+)
 def test_malformed_webhook_secret_is_refused_without_echoing_it(secret):
     with pytest.raises(ConfigError, match="AGENT_WEBHOOK_SECRET") as info:
         settings(AGENT_WEBHOOK_SECRET=secret)
