@@ -75,14 +75,14 @@ class Aggregator:
         escalations = {name: windows[name] for name in firing if windows[name] and has_risk(firing[name])}
         claimed, escalated = self.repository.claim(namespace, candidates, escalations, now)
 
-        sent = claimed + escalated
+        sent, escalated_names = claimed + escalated, set(escalated)
         delivery, outcome = "none", None
         if sent:
             message = build_trigger(
                 source.name,
                 namespace,
                 saved.cluster,
-                [self._item(namespace, name, firing[name], saved, name in escalated) for name in sent],
+                [self._item(namespace, name, firing[name], saved, name in escalated_names) for name in sent],
             )
             outcome = self.webhook.deliver(message, request_id)
             if outcome.ok:

@@ -23,8 +23,8 @@ Keys (their names are a contract: other systems read them):
 
 Every atomic step touches one key (or a key and its hash-tagged timestamp), so the layout works
 unchanged on Redis Cluster, where ``app:`` and ``trigger:`` keys of one deployment live on
-different nodes. The Redis work of one
-request is a constant number of pipelined round trips, whatever the number of deployments.
+different nodes. The Redis work of one request is a constant number of pipelined round trips,
+whatever the number of deployments.
 """
 
 import json
@@ -133,7 +133,7 @@ class StateRepository:
 
     @staticmethod
     def cluster_key(namespace, item):
-        """One of the cluster-wide keys: cost or vm_count."""
+        """One of the cluster-wide keys: cost, vm_count or req_cpu_total."""
         return f"cluster:{namespace}:{item}"
 
     @classmethod

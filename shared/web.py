@@ -258,7 +258,7 @@ def create_service_app(import_name, test_config, *, path, token_setting, schema_
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     logs.configure(log, settings.log_level)
 
-    redis = app.config.get("REDIS_CLIENT") or connect_redis(settings)
+    redis = connect_redis(settings)
     webhook = AgentWebhook(
         settings.webhook_url,
         settings.webhook_connect_timeout,
