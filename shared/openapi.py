@@ -5,14 +5,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields, validate
 
 from shared.rules import COST_STATE_TOO_OLD, NO_COST_STATE, ZERO_REQUEST
-from shared.schemas import (
-    DNS_LABEL,
-    MAX_CPU_CORES,
-    MAX_MEMORY_MB,
-    DeploymentList,
-    StrictNumber,
-    Timestamp,
-)
+from shared.schemas import DNS_LABEL, QUANTITY_LIMITS, DeploymentList, StrictNumber, Timestamp
 
 
 class NotEvaluatedSchema(Schema):
@@ -72,12 +65,13 @@ def _custom_fields(converter, field, **kwargs):
     if isinstance(field, Timestamp):
         return {"type": "string", "format": "date-time"}
     if isinstance(field, DeploymentList):
-        quantity = {"cpu_cores": MAX_CPU_CORES, "memory_mb": MAX_MEMORY_MB}
         group = {
             "type": "object",
             "additionalProperties": False,
-            "required": list(quantity),
-            "properties": {key: {"type": "number", "minimum": 0, "maximum": top} for key, top in quantity.items()},
+            "required": list(QUANTITY_LIMITS),
+            "properties": {
+                key: {"type": "number", "minimum": 0, "maximum": top} for key, top in QUANTITY_LIMITS.items()
+            },
         }
         return {
             "type": "array",

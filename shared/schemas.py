@@ -25,6 +25,8 @@ MAX_CPU_CORES = 1_000_000
 MAX_MEMORY_MB = 1_000_000_000
 MAX_HOURLY_COST = 1_000_000_000
 MAX_VM_COUNT = 1_000_000
+# The two quantities of every resource object in a deployment entry, with their upper bounds.
+QUANTITY_LIMITS = {"cpu_cores": MAX_CPU_CORES, "memory_mb": MAX_MEMORY_MB}
 # A timestamp from the future would make every later payload look stale; allow clock skew only.
 MAX_FUTURE_SECONDS = 3600
 
@@ -133,12 +135,11 @@ class DeploymentList(fields.Field):
         row = {"name": name}
         for group, (cpu_field, mem_field) in self.groups.items():
             values = entry.get(group)
-            if type(values) is not dict or len(values) != 2:
+            if type(values) is not dict or len(values) != len(QUANTITY_LIMITS):
                 return None
-            cpu, memory = values.get("cpu_cores"), values.get("memory_mb")
-            if not (_in_range(cpu, MAX_CPU_CORES) and _in_range(memory, MAX_MEMORY_MB)):
+            if not all(_in_range(values.get(key), top) for key, top in QUANTITY_LIMITS.items()):
                 return None
-            row[cpu_field], row[mem_field] = cpu, memory
+            row[cpu_field], row[mem_field] = values["cpu_cores"], values["memory_mb"]
         seen.add(name)
         return row
 
@@ -165,11 +166,8 @@ class DeploymentList(fields.Field):
             if not isinstance(values, dict):
                 errors[group] = {"_schema": ["Invalid input type."]}
                 continue
-            group_errors = {key: [UNKNOWN] for key in values if key not in ("cpu_cores", "memory_mb")}
-            for key, target, maximum in (
-                ("cpu_cores", cpu_field, MAX_CPU_CORES),
-                ("memory_mb", mem_field, MAX_MEMORY_MB),
-            ):
+            group_errors = {key: [UNKNOWN] for key in values if key not in QUANTITY_LIMITS}
+            for (key, maximum), target in zip(QUANTITY_LIMITS.items(), (cpu_field, mem_field)):
                 if key not in values:
                     group_errors[key] = [REQUIRED]
                     continue
