@@ -8,7 +8,6 @@ import contextlib
 import os
 import secrets
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+
+from devtools.redis_command import redis_server_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 RECEIVER_PORT = 9000
@@ -171,12 +172,11 @@ def healthy(url):
 
 def start_redis(children, workdir):
     """Start a redis-server that keeps nothing on disk; return its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise LaunchError("redis-server is not installed: install it (apt-get install redis-server) or set REDIS_URL")
     port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    argv += ["--dir", workdir, "--loglevel", "warning"]
+    try:
+        argv = redis_server_argv(port, workdir)
+    except RuntimeError as exc:
+        raise LaunchError(f"{exc}, or set REDIS_URL") from None
     children.start("redis-server", argv, os.environ.copy())
     url = f"redis://127.0.0.1:{port}/0"
     children.wait_for("redis-server", lambda: redis_answers(url))

@@ -13,30 +13,18 @@ from flask import Flask, current_app, g, jsonify, request
 from flask.cli import with_appcontext
 from flask_httpauth import HTTPTokenAuth
 from marshmallow import Schema, ValidationError
-from redis import Redis, RedisCluster
-from redis import exceptions as redis_errors
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 from werkzeug.exceptions import HTTPException
 
 from shared import logs, metrics
 from shared.config import DEFAULTS, Settings, parse_settings, read_environment
 from shared.ingest import Aggregator, Source
 from shared.openapi import build_openapi
+from shared.redis_connection import REDIS_UNAVAILABLE, connect_redis
 from shared.state import StateRepository
 from shared.webhook import AgentWebhook, utc_now_iso
 
 log = logging.getLogger("aggregator")
 
-# Redis being away (down, failing over, loading) is the caller's cue to retry, not our bug.
-REDIS_UNAVAILABLE = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,
-    redis_errors.ClusterDownError,
-    redis_errors.TryAgainError,
-    redis_errors.MasterDownError,
-)
 RETRY_AFTER_SECONDS = "5"
 PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -223,18 +211,6 @@ def failed_triggers_command(namespaces, limit):
     for namespace in namespaces or sorted(svc.settings.allowed_namespaces):
         for record in svc.aggregator.repository.failed_triggers(namespace, limit):
             click.echo(json.dumps(record, sort_keys=True))
-
-
-def connect_redis(settings):
-    """A Redis (or Redis Cluster) client whose calls fail within the timeout instead of hanging."""
-    client_class = RedisCluster if settings.redis_cluster else Redis
-    return client_class.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        # One quick retry absorbs a connection Redis closed while idle; more would delay the 503.
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.2), 1),
-    )
 
 
 def openapi_document():

@@ -1,7 +1,6 @@
 """Real processes for the tests: a throwaway redis-server and gunicorn-served services."""
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import redis
 import requests
+
+from devtools.redis_command import redis_server_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,47 +37,32 @@ def wait_until(check, timeout=10.0, interval=0.05):
 
 
 class RedisServer:
-    """A redis-server on a free loopback port, keeping nothing on disk."""
+    """A redis-server on a free loopback port; `durable` makes it keep every write in its append-only file."""
 
-    def __init__(self, workdir, durable=False):
+    def __init__(self, workdir, durable=False, extra=(), binary="redis-server"):
         self.port = free_port()
         self.workdir = Path(workdir)
+        self.durable = durable
+        self.extra = tuple(extra)
+        self.binary = binary
         self.process = None
-        # Durable: every acknowledged write is on disk before the reply, so a kill loses nothing.
-        self.persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
 
     @property
     def url(self):
         """The URL services and tests connect with."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def client(self, **kwargs):
+        """A client of this server (as the default user)."""
+        return redis.Redis(port=self.port, socket_timeout=1, **kwargs)
+
     def start(self):
         """Start the server and wait until it answers."""
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--logfile",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        if not wait_until(client.ping):
-            raise RuntimeError(f"redis-server did not answer on port {self.port}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = redis_server_argv(self.port, self.workdir, durable=self.durable, binary=self.binary, extra=self.extra)
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_until(self.client().ping):
+            raise RuntimeError(f"{self.binary} did not answer on port {self.port}")
         return self
 
     def stop(self):
@@ -165,27 +151,12 @@ class RedisClusterServers:
         for port in self.ports:
             node_dir = self.workdir / str(port)
             node_dir.mkdir(parents=True, exist_ok=True)
+            argv = redis_server_argv(
+                port, node_dir, extra=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+            )
             self.processes.append(
                 subprocess.Popen(
-                    [
-                        "redis-server",
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(node_dir),
-                        "--logfile",
-                        "",
-                    ],
+                    argv,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )

@@ -21,9 +21,10 @@ BASE = 1_700_000_000
 
 @pytest.fixture
 def durable_redis(tmp_path):
-    server = RedisServer(tmp_path / "redis", durable=True)
-    server.workdir.mkdir()
-    server.start()
+    server = RedisServer(tmp_path / "redis", durable=True).start()
+    # The point of the restart test is that a restart keeps what was acknowledged: prove it keeps it.
+    assert server.client().config_get("appendonly") == {"appendonly": "yes"}
+    assert server.client().config_get("appendfsync") == {"appendfsync": "always"}
     yield server
     server.stop()
 
