@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from shared.rules import Thresholds
 from shared.schemas import DNS_LABEL
 
-# The names below are a contract with the people who deploy us: see the README's table.
+# The names below are a contract with the people who deploy us: see the configuration table in docs/operations.md.
 DEFAULTS = {
     "REDIS_URL": "redis://localhost:6379/0",
     "REDIS_TIMEOUT_SECONDS": "2",
