@@ -17,8 +17,9 @@ class AgentReceiver:
 
     Every call is kept in `calls` (headers, body, the status answered); the messages it accepted
     (2xx) in `messages`. `status`, `delay` and `script` (a list of (status, headers) answers
-    used in turn before `status`) make it fail or hang for tests. With a Standard Webhooks
-    `secret`, a call whose signature does not verify is answered 401 and not accepted.
+    used in turn before `status`) make it fail or hang for tests; `arrived` is set as soon as a
+    call's body is read, before any `delay`, so a test can act while the caller waits. With a
+    Standard Webhooks `secret`, a call whose signature does not verify is answered 401 and not accepted.
     """
 
     def __init__(self, host="127.0.0.1", port=0, status=202, delay=0.0, secret=None, on_message=None):
@@ -26,6 +27,7 @@ class AgentReceiver:
         self.verifier = Webhook(secret) if secret else None
         self.script = []
         self.calls, self.messages, self.headers = [], [], []
+        self.arrived = threading.Event()
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer((host, port), self._handler_class())
         self.server.daemon_threads = True
@@ -71,6 +73,7 @@ class AgentReceiver:
                     # A stand-in still answers like a real service: bad input is a 400, not a dropped connection.
                     self._reply(400, {})
                     return
+                receiver.arrived.set()
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 self._reply(*receiver._answer(dict(self.headers), body))
