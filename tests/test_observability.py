@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from tests.conftest import COST_TOKEN
-from tests.support import GunicornService
+from tests.support import GunicornService, free_port
 
 pytestmark = pytest.mark.gunicorn
 
@@ -68,8 +68,6 @@ def test_counters_add_up_across_workers(cost, cost_payload, tmp_path):
 
 
 def test_redis_errors_are_counted(redis_server, receiver, tmp_path, cost_payload):
-    from tests.support import free_port
-
     env = {
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "AGENT_WEBHOOK_URL": receiver.url,
