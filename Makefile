@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint fmt clean redis-server bench
+.PHONY: help venv run test test-fast lint fmt clean redis-server bench
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 venv: $(STAMP) ## Create .venv and install requirements-dev.txt (again only when a requirements file changes)
 
@@ -37,6 +37,9 @@ run: venv $(if $(REDIS_URL),,redis-server) ## Run Redis, the agent receiver and 
 
 test: venv redis-server ## Run the tests against a throwaway redis-server (extra pytest options: PYTEST_ARGS=...)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv redis-server ## Run the tests without the slow, gunicorn and Redis Cluster ones (see pyproject.toml markers)
+	$(BIN)/python -m pytest -m "not slow and not gunicorn and not cluster" $(PYTEST_ARGS)
 
 lint: venv ## Check code and formatting with ruff
 	$(BIN)/ruff check .
