@@ -9,9 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Requirements in their own layer, so a code change does not reinstall them.
-COPY requirements.txt .
-RUN pip install -r requirements.txt
+# The locked requirements in their own layer, so a code change does not reinstall them. Every
+# package must match a hash in the lock: the image built next month holds what was tested today.
+COPY requirements.lock .
+RUN pip install --require-hashes --no-deps -r requirements.lock
 
 # Only what runs; tests and tooling stay out of the image.
 COPY gunicorn.conf.py .

@@ -6,19 +6,40 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint fmt clean redis-server bench
+.PHONY: help venv lock run test test-fast lint fmt clean redis-server bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-venv: $(STAMP) ## Create .venv and install requirements-dev.txt (again only when a requirements file changes)
+venv: $(STAMP) ## Create .venv: the hash-locked requirements-dev.lock, then this project in editable mode
 
-$(STAMP): requirements.txt requirements-dev.txt
+# Every package comes from the lock and must match its hash; the project itself is built without
+# isolation, by the setuptools the lock installed, so nothing unlocked is fetched.
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "error: $(PYTHON) is older than Python 3.11; run make PYTHON=python3.11 ..." >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --disable-pip-version-check --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/python -m pip install --disable-pip-version-check --no-deps --no-build-isolation --editable .
 	touch $@
+
+# The locks are compiled from requirements.txt (what runs) and requirements-dev.txt (tests and tools),
+# for Python 3.11 on any platform; dev is constrained to the runtime lock, so both pin the same versions.
+LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 --custom-compile-command "make lock"
+
+# Needs only uv (at requirements-dev.txt's pin), not an installed venv: a lock that is stale or
+# conflicted after a merge is exactly when this must run. uv keeps the versions an existing lock
+# pins unless a requirement changed; a lock left with conflict markers is compiled afresh instead.
+lock: | $(BIN)/uv ## Regenerate requirements.lock and requirements-dev.lock from requirements*.txt (after changing either)
+	@for lock in requirements.lock requirements-dev.lock; do \
+		if grep -qs '^<<<<<<< ' $$lock; then echo "$$lock has conflict markers: compiling it afresh"; rm $$lock; fi; \
+	done
+	$(LOCK) requirements.txt --output-file requirements.lock
+	$(LOCK) requirements-dev.txt --constraint requirements.lock --output-file requirements-dev.lock
+
+$(BIN)/uv:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check "$$(grep '^uv==' requirements-dev.txt)"
 
 # Installs redis-server when it is missing and we may (root, e.g. a CI container); never asks sudo.
 redis-server:
@@ -41,9 +62,10 @@ test: venv redis-server ## Run the tests against a throwaway redis-server (extra
 test-fast: venv redis-server ## Run the tests without the slow, gunicorn and Redis Cluster ones (see pyproject.toml markers)
 	$(BIN)/python -m pytest -m "not slow and not gunicorn and not cluster" $(PYTEST_ARGS)
 
-lint: venv ## Check code and formatting with ruff
+lint: venv ## Check code and formatting with ruff, and types with mypy (what it checks: pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 fmt: venv ## Sort imports and format the code with ruff
 	$(BIN)/ruff check --select I --fix .
@@ -54,4 +76,4 @@ clean: ## Remove caches (keeps .venv; rm -rf .venv to start over)
 	rm -rf .pytest_cache .ruff_cache .hypothesis
 
 bench: venv redis-server ## Benchmark both ingest endpoints against a bare-Flask ceiling (a few minutes; writes bench/RESULTS.md)
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run

@@ -487,14 +487,15 @@ def test_dockerfile_builds_a_slim_non_root_image():
     assert user.split(":")[0] == str(APP_UID)
 
 
-def test_dockerfile_installs_requirements_before_the_code():
-    """requirements.txt is copied and installed in a layer of its own, so code changes reuse it."""
+def test_dockerfile_installs_the_locked_requirements_before_the_code():
+    """requirements.lock is copied and installed, hashes required, in a layer of its own, so code changes reuse it."""
     instructions = dockerfile_instructions()
     copies = [(index, args.split()) for index, (op, args) in enumerate(instructions) if op == "COPY"]
     runs = [(index, args) for index, (op, args) in enumerate(instructions) if op == "RUN"]
-    (install,) = [index for index, args in runs if "-r requirements.txt" in args]
-    requirements_copy = [index for index, sources in copies if sources[:-1] == ["requirements.txt"]]
-    code_copies = [index for index, sources in copies if sources[:-1] != ["requirements.txt"]]
+    (install,) = [index for index, args in runs if "-r requirements.lock" in args]
+    assert "--require-hashes" in dict(runs)[install].split()
+    requirements_copy = [index for index, sources in copies if sources[:-1] == ["requirements.lock"]]
+    code_copies = [index for index, sources in copies if sources[:-1] != ["requirements.lock"]]
     assert requirements_copy and code_copies
     assert requirements_copy[0] < install < min(code_copies)
     for _, sources in copies:
