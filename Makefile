@@ -73,7 +73,7 @@ fmt: venv ## Sort imports and format the code with ruff
 
 clean: ## Remove caches (keeps .venv; rm -rf .venv to start over)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
-	rm -rf .pytest_cache .ruff_cache .hypothesis
+	rm -rf .pytest_cache .ruff_cache .mypy_cache .hypothesis
 
 bench: venv redis-server ## Benchmark both ingest endpoints against a bare-Flask ceiling (a few minutes; writes bench/RESULTS.md)
 	$(BIN)/python -m bench.run
