@@ -269,4 +269,5 @@ def create_service_app(import_name, test_config, *, path, token_setting, schema_
     app.add_url_rule("/metrics", "metrics", metrics_page)
     app.add_url_rule("/openapi.json", "openapi", openapi_document)
     app.cli.add_command(failed_triggers_command)
+    metrics.start_series(import_name)
     return app
