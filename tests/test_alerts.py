@@ -12,6 +12,7 @@ import yaml
 from devtools.prometheus_rule import ALERTS, PROMETHEUS_RULE, prometheus_rule
 from tests.conftest import COST_TOKEN
 from tests.support import ROOT, GunicornService, PrometheusServer, wait_until
+from tests.test_dashboard import queries as dashboard_queries
 
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
 COMPONENT = ROOT / "deploy" / "k8s" / "components" / "prometheus-rule"
@@ -145,5 +146,9 @@ def test_a_real_prometheus_alerts_on_the_first_failed_delivery(cost_under_gunico
         assert alerts[0]["state"] in ("pending", "firing")
         # Nothing else is wrong, and nothing else alerts.
         assert {a["labels"]["alertname"] for a in prometheus.alerts()} == {"AggregatorTriggerDeliveryFailed"}
+        # The dashboard's queries run on this Prometheus too, and its failed deliveries panel shows this one.
+        answers = {title: prometheus.query(expr) for title, expr in dashboard_queries()}
+        (failed_panel,) = answers["Failed deliveries (deployments, last hour)"]
+        assert failed_panel["metric"] == {"service": "cost_service"} and float(failed_panel["value"][1]) > 0
     finally:
         prometheus.stop()
