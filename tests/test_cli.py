@@ -191,3 +191,17 @@ def test_redis_down_is_one_line_from_the_runner(base_config):
         result = app.test_cli_runner().invoke(args=[command])
         assert result.exit_code == 1
         assert result.output.startswith("Error: Redis is unavailable:") and len(result.output.splitlines()) == 1
+
+
+def test_the_commands_leave_a_live_metrics_directory_alone(redis_server, redis_client, tmp_path):
+    # In a pod, PROMETHEUS_MULTIPROC_DIR is the directory gunicorn's workers write to; a command run there
+    # with every setting present must not add files of its own to what /metrics adds up.
+    settings = {
+        "REDIS_URL": redis_server.url,
+        "AGENT_WEBHOOK_URL": "http://127.0.0.1:9/",
+        "COST_ENGINE_TOKEN": "cost-token-0123456789abcdef",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+    done = flask_command("failed-triggers", **settings)
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []
