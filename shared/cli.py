@@ -99,7 +99,15 @@ def redeliver_command(namespaces, webhook_id, limit):
         failures = 0
         with _quiet_attempt_logs():
             for namespace, record in pending[:limit]:
-                result = redeliver(repository, webhook, namespace, record)
+                try:
+                    result = redeliver(repository, webhook, namespace, record)
+                except (KeyError, TypeError, ValueError) as exc:
+                    # Not a record ingest wrote: say so, leave it for a person, and go on with the rest.
+                    click.echo(
+                        f"unreadable {record.get('webhook_id', 'record')} {namespace}: {exc!r}; left in the list"
+                    )
+                    failures += 1
+                    continue
                 click.echo(_describe(namespace, result))
                 failures += not result.ok
     if not pending:

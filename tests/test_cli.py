@@ -205,3 +205,18 @@ def test_the_commands_leave_a_live_metrics_directory_alone(redis_server, redis_c
     done = flask_command("failed-triggers", **settings)
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreadable_record_is_reported_and_left_while_the_others_go(
+    cost, cost_payload, cost_headers, receiver, redis_client
+):
+    receiver.status = 503
+    ingest(cost, cost_payload, cost_headers, "2024-01-01T12:00:00Z")
+    redis_client.lpush(FAILED, json.dumps({"error": "HTTP 500", "failed_at": "2026-01-01T00:00:00.000Z"}))
+    [odd, record] = kept(redis_client)
+    receiver.status = 202
+    result = cost.test_cli_runner().invoke(args=["redeliver"])
+    assert result.exit_code == 1
+    assert f"delivered {record['webhook_id']} default: adservice (HTTP 202)" in result.output
+    assert "unreadable record default: KeyError('message'); left in the list" in result.output
+    assert kept(redis_client) == [odd]
