@@ -26,5 +26,7 @@ RUN groupadd --system --gid 10001 app && useradd --system --uid 10001 --gid 1000
 USER 10001:10001
 
 EXPOSE 8000 8002
-# exec, so gunicorn itself receives docker's SIGTERM and shuts down gracefully.
-CMD exec gunicorn -c gunicorn.conf.py "$APP_MODULE"
+# gunicorn parses WEB_CONCURRENCY itself before gunicorn.conf.py runs, with a traceback for a bad
+# value: check the settings first, for the same one-line error. exec, so gunicorn itself receives
+# docker's SIGTERM and shuts down gracefully.
+CMD python -m shared.gunicorn_settings && exec gunicorn -c gunicorn.conf.py "$APP_MODULE"

@@ -416,8 +416,8 @@ def test_compose_runs_redis_both_services_and_the_agent():
     for name, port, module in (("cost", 8000, "cost_service"), ("forecast", 8002, "forecast_service")):
         service = services[name]
         assert service["environment"]["PORT"] == str(port)
-        assert service["ports"] == [f"{port}:{port}"]
-        assert f"{module}:create_app()" in service["command"]
+        assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
+        assert service["environment"]["APP_MODULE"] == f"{module}:create_app()"
         assert service["environment"]["PROMETHEUS_MULTIPROC_DIR"] in service["tmpfs"]
 
 
