@@ -20,14 +20,14 @@ def plan(target, tmp_path, **variables):
 
 def test_make_run_installs_only_what_runs_in_production(tmp_path):
     commands = plan("run", tmp_path, REDIS_URL="redis://127.0.0.1:1/0")
-    assert "pip install --disable-pip-version-check -r requirements.txt" in commands
-    assert "requirements-dev.txt" not in commands
+    assert "--require-hashes --no-deps -r requirements.lock" in commands
+    assert "requirements-dev" not in commands
     assert "promtool" not in commands
 
 
 @pytest.mark.parametrize("target", ["test", "lint"])
 def test_test_and_lint_add_the_dev_tools(target, tmp_path):
     commands = plan(target, tmp_path)
-    assert "-r requirements-dev.txt" in commands
+    assert "--require-hashes --no-deps -r requirements-dev.lock" in commands
     if target == "test":
         assert "promtool" in commands and "redis-server" in commands
