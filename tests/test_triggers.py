@@ -94,7 +94,7 @@ def test_risk_escalates_a_window_opened_by_waste_once(
     assert again["triggered"] == [] and again["cooldown"] == ["adservice"]
     assert len(receiver.messages) == 2
     window = redis_client.ttl("trigger:default:adservice")
-    assert 0 < redis_client.ttl("trigger:default:adservice:escalation") <= window
+    assert 0 < redis_client.ttl("{trigger:default:adservice}:escalation") <= window
 
 
 def test_a_window_opened_by_risk_is_not_escalated(
@@ -123,7 +123,7 @@ def test_failed_escalation_is_released(
     receiver.status = 500
     spike = forecast_peak(forecast_payload, 1.9)
     assert forecast.post("/metrics/forecast", json=spike, headers=forecast_headers).json["delivery"] == "failed"
-    assert not redis_client.exists("trigger:default:adservice:escalation")
+    assert not redis_client.exists("{trigger:default:adservice}:escalation")
     assert redis_client.exists("trigger:default:adservice")  # the waste window itself was delivered and stays
     receiver.status = 202
     assert forecast.post("/metrics/forecast", json=spike, headers=forecast_headers).json["delivery"] == "ok"
