@@ -190,8 +190,7 @@ def _client_calls(nodes):
     """Per node, the calls of the commands a client sends itself (script calls' inner commands aside)."""
     counted = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_command", "cmdstat_cluster", "cmdstat_script")
     return [
-        {name: stats["calls"] for name, stats in node.info("commandstats").items() if name in counted}
-        for node in nodes
+        {name: stats["calls"] for name, stats in node.info("commandstats").items() if name in counted} for node in nodes
     ]
 
 
