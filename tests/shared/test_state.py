@@ -228,3 +228,19 @@ def test_cluster_timestamp_keys_share_a_slot_with_the_keys_they_guard():
     for item in ("cost", "vm_count", "req_cpu_total"):
         guarded = StateRepository.cluster_key("default", item).encode()
         assert key_slot(StateRepository.cluster_timestamp_key("default", item).encode()) == key_slot(guarded)
+
+
+def test_a_claim_refused_on_one_node_leaves_no_claim_held_anywhere(repo, redis_client):
+    names = [f"app-{i}" for i in range(50)]
+    nodes = _nodes(redis_client)
+    full = nodes[-1]  # on a cluster, the other nodes take their share of the claims
+    full.config_set("maxmemory-policy", "noeviction")
+    full.config_set("maxmemory", "1")  # whatever is stored is over the limit: every write is refused
+    try:
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            repo.claim(NS, names, set(names[::3]), now=1000)
+    finally:
+        full.config_set("maxmemory", "0")
+    held = [key for node in nodes for key in node.keys("*trigger*")]
+    assert held == []
+    assert repo.claim(NS, names, set(), now=1001) == (names, [])
