@@ -39,8 +39,12 @@ CLUSTER_ITEMS = ("cost", "vm_count", "req_cpu_total")
 FAILED_KEEP = 1000
 COST_FIELDS = ("req_cpu", "req_mem", "usage_cpu_curr", "usage_mem_curr")
 FORECAST_FIELDS = ("pred_cpu_peak", "pred_mem_peak")
-# The app hash's fields, in the fixed order the save script returns them.
-STATE_FIELDS = (*COST_FIELDS, *FORECAST_FIELDS, "cost_timestamp", "forecast_timestamp", "last_trigger")
+# What a save reads back of a deployment's hash besides what it writes: the other source's
+# fields and last_trigger, so the rules see the state as stored after the write.
+READ_BACK = {
+    "cost_timestamp": (*FORECAST_FIELDS, "forecast_timestamp", "last_trigger"),
+    "forecast_timestamp": (*COST_FIELDS, "cost_timestamp", "last_trigger"),
+}
 
 # Unit kinds of the save and release scripts.
 ROW, ITEM = 0, 1
@@ -48,43 +52,44 @@ ROW, ITEM = 0, 1
 RELEASE_WINDOW, RELEASE_ESCALATION, RELEASE_BOTH = "1", "2", "3"
 CLAIMED, ESCALATED = 1, 2
 
-_FIELD_INDEX = ", ".join(f"{name} = {i}" for i, name in enumerate(STATE_FIELDS, 1))
-_READ_FIELDS = ", ".join(f"'{name}'" for name in STATE_FIELDS)
-
-# Store one payload. ARGV: rows, keys per row, items, item mode ('set' for cost, 'get' for
-# forecast), the timestamp field, the payload's timestamp, the count of value fields and their
-# names, then each row's values in that order, then each written item's value. KEYS: each row's
-# keys (its app hash first), then each item's keys (the cluster key, and with 'set' its
-# timestamp key). Per row: write unless the stored data from the same source is newer, and
-# answer the hash's fields in STATE_FIELDS order as they are after the write (0 when skipped).
-# Per item: with 'set', write unless its timestamp key is newer; answer the value stored after.
+# Store one payload. Arguments: the counts of rows, keys per row and items; the item mode ('set'
+# for cost, 'get' for forecast); the timestamp field and the payload's timestamp; the count and
+# names of the value fields written, then of the fields read back; each row's values in that
+# order; each written item's value. Keys: each row's keys (its app hash first), then each item's
+# (the cluster key, and with 'set' its timestamp key). Per row: write unless the stored data from
+# the same source is newer, and answer the read-back fields as one comma-joined string ('' where
+# absent), or 0 when skipped. Per item: with 'set', write unless its timestamp key is newer;
+# answer the value stored after. The per-row work is kept to one HMGET and one HSET: Redis time
+# per deployment is what bounds a large payload.
 SAVE = Script(
     f"""{PROLOGUE}
-local fields_at = {{{_FIELD_INDEX}}}
-local read = {{{_READ_FIELDS}}}
 local rows, per_row, items = tonumber(A[ao + 1]), tonumber(A[ao + 2]), tonumber(A[ao + 3])
-local set_items = A[ao + 4] == 'set'
-local ts_field, ts = A[ao + 5], A[ao + 6]
-local stamp, ts_at, nfields = tonumber(ts), fields_at[ts_field], tonumber(A[ao + 7])
-local hset, at = {{ts_field, ts}}, {{}}
+local set_items, ts_field, ts = A[ao + 4] == 'set', A[ao + 5], A[ao + 6]
+local stamp, nfields = tonumber(ts), tonumber(A[ao + 7])
+local nread = tonumber(A[ao + 8 + nfields])
+local hset, read = {{ts_field, ts}}, {{ts_field}}
 for j = 1, nfields do
   hset[2 * j + 1] = A[ao + 7 + j]
-  at[j] = fields_at[A[ao + 7 + j]]
 end
-local out, v, k = {{}}, ao + 8 + nfields, ko
+for j = 1, nread do
+  read[j + 1] = A[ao + 8 + nfields + j]
+end
+local out, v, k = {{}}, ao + 9 + nfields + nread, ko
 for i = 1, rows do
   local key = K[k + 1]
-  local state = redis.call('HMGET', key, unpack(read))
-  local stored = tonumber(state[ts_at])
+  local got = redis.call('HMGET', key, unpack(read))
+  local stored = tonumber(got[1])
   if not stored or stored <= stamp then
     for j = 1, nfields do
-      local value = A[v + j - 1]
-      hset[2 * j + 2] = value
-      state[at[j]] = value
+      hset[2 * j + 2] = A[v + j - 1]
     end
-    state[ts_at] = ts
     redis.call('HSET', key, unpack(hset))
-    out[i] = state
+    for j = 2, nread + 1 do
+      if not got[j] then
+        got[j] = ''
+      end
+    end
+    out[i] = table.concat(got, ',', 2, nread + 1)
   else
     out[i] = 0
   end
@@ -185,11 +190,6 @@ def decode(raw):
     return int(raw) if raw.isdigit() else float(raw)
 
 
-def _state(reply):
-    """The save script's fields of one hash, as a dict of the numbers present."""
-    return {name: decode(raw) for name, raw in zip(STATE_FIELDS, reply) if raw is not None}
-
-
 @dataclass
 class SavedPayload:
     """What a payload left in Redis: the state of each deployment written, and those skipped."""
@@ -269,24 +269,35 @@ class StateRepository:
     def _save(self, payload, ts_field, value_fields, item_mode, items):
         namespace, ts = payload["namespace"], encode(payload["timestamp"])
         deployments = payload["deployments"]
+        read_back = READ_BACK[ts_field]
         app_key = self.app_key
         rows = [
-            Unit((app_key(namespace, row["name"]),), tuple(encode(row[name]) for name in value_fields))
+            Unit((app_key(namespace, row["name"]),), tuple([encode(row[name]) for name in value_fields]))
             for row in deployments
         ]
 
         def header(units):
             count = sum(unit.kind == ROW for unit in units)
-            return [count, 1, len(units) - count, item_mode, ts_field, ts, len(value_fields), *value_fields]
+            return [
+                *(count, 1, len(units) - count, item_mode, ts_field, ts),
+                *(len(value_fields), *value_fields, len(read_back), *read_back),
+            ]
 
         replies = self.runner.run(SAVE, rows + items, header)
         raise_first(replies)
         saved = SavedPayload()
+        stamp = decode(ts.encode())
         for row, reply in zip(deployments, replies):
             if reply == 0:
                 saved.stale.append(row["name"])
-            else:
-                saved.states[row["name"]] = _state(reply)
+                continue
+            # What was written is the payload's own numbers; only the rest comes back from Redis.
+            state = {name: row[name] for name in value_fields}
+            state[ts_field] = stamp
+            for name, raw in zip(read_back, reply.split(b",")):
+                if raw:
+                    state[name] = decode(raw)
+            saved.states[row["name"]] = state
         saved.cluster = _cluster(replies[len(rows) :])
         return saved
 
