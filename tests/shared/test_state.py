@@ -1,5 +1,6 @@
 import pytest
 import redis
+from redis.crc import key_slot
 
 from shared.state import StateRepository
 
@@ -244,3 +245,34 @@ def test_a_claim_refused_on_one_node_leaves_no_claim_held_anywhere(repo, redis_c
     held = [key for node in nodes for key in node.keys("*trigger*")]
     assert held == []
     assert repo.claim(NS, names, set(), now=1001) == (names, [])
+
+
+@pytest.mark.cluster
+def test_a_slot_moved_since_the_map_was_read_is_followed_key_by_key(redis_cluster):
+    client = redis.RedisCluster.from_url(redis_cluster.url)
+    client.flushall()
+    repo = StateRepository(client, cooldown_seconds=1800)
+    repo.save_cost(cost(100, ("a", 1.0, 0.1)))  # the client has read the slot map by now
+    slot = key_slot(b"app:default:moved")
+    source = client.nodes_manager.get_node_from_slot(slot)
+    target = next(node for node in client.get_primaries() if node.name != source.name)
+    node_ids = {node.name: client.get_redis_connection(node).cluster("myid") for node in client.get_primaries()}
+
+    def assign(node):
+        for primary in client.get_primaries():
+            client.get_redis_connection(primary).execute_command(
+                "CLUSTER", "SETSLOT", slot, "NODE", node_ids[node.name]
+            )
+
+    assign(target)  # the slot is empty, so it can move without MIGRATE; our map still names `source`
+    try:
+        saved = repo.save_cost(cost(200, *[(f"app-{i}", 1.0, 0.1) for i in range(30)], ("moved", 2.0, 0.5)))
+        assert saved.states["moved"]["req_cpu"] == 2.0 and saved.stale == []
+        assert client.get_redis_connection(target).hget("app:default:moved", "req_cpu") == b"2.0"
+        assert client.nodes_manager.get_node_from_slot(slot).name == target.name  # the map was read again
+    finally:
+        client.delete("app:default:moved")
+        assign(source)
+        client.nodes_manager.initialize()
+        client.flushall()
+        client.close()
