@@ -122,6 +122,14 @@ return out
 CLAIM = Script(
     f"""{PROLOGUE}
 local now, cooldown = A[ao + 1], A[ao + 2]
+if ko == 1 then
+  -- Keys of several slots on one cluster node: read each first, so that a key the node no longer
+  -- serves fails the script before it claims anything, and the retry key by key finds no claim
+  -- of its own to lose to.
+  for i = 1, nk do
+    redis.call('EXISTS', K[ko + i])
+  end
+end
 local out = {{}}
 for i = 1, nk / 2 do
   local window, escalation, risk = K[ko + 2 * i - 1], K[ko + 2 * i], A[ao + 2 + i] == '1'

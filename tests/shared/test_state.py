@@ -276,3 +276,34 @@ def test_a_slot_moved_since_the_map_was_read_is_followed_key_by_key(redis_cluste
         client.nodes_manager.initialize()
         client.flushall()
         client.close()
+
+
+@pytest.mark.cluster
+def test_a_claim_meeting_a_moved_slot_still_wins_every_window(redis_cluster):
+    client = redis.RedisCluster.from_url(redis_cluster.url)
+    client.flushall()
+    repo = StateRepository(client, cooldown_seconds=1800)
+    repo.claim(NS, ["warm"], set(), now=1)  # the client has read the slot map by now
+    names = [f"app-{i}" for i in range(60)]
+    moved = names[-1]
+    slot = key_slot(f"trigger:default:{moved}".encode())
+    source = client.nodes_manager.get_node_from_slot(slot)
+    target = next(node for node in client.get_primaries() if node.name != source.name)
+    node_ids = {node.name: client.get_redis_connection(node).cluster("myid") for node in client.get_primaries()}
+
+    def assign(node):
+        for primary in client.get_primaries():
+            client.get_redis_connection(primary).execute_command(
+                "CLUSTER", "SETSLOT", slot, "NODE", node_ids[node.name]
+            )
+
+    assign(target)
+    try:
+        # Claims of the moved slot's node come after others in its group: none may be lost.
+        assert repo.claim(NS, names, set(), now=1000) == (names, [])
+    finally:
+        client.delete(f"trigger:default:{moved}")
+        assign(source)
+        client.nodes_manager.initialize()
+        client.flushall()
+        client.close()
