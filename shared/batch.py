@@ -29,6 +29,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.redis_connection import LazyCluster
+
 
 class NotLocalError(ResponseError):
     """A script reached a key of a slot its node does not serve (any more, or not yet)."""
@@ -195,7 +197,7 @@ class ClusterRunner:
         return results
 
     def _client(self):
-        return self.cluster.client() if hasattr(self.cluster, "client") else self.cluster
+        return self.cluster.client() if isinstance(self.cluster, LazyCluster) else self.cluster
 
     def _group(self, cluster, units):
         """[(primary node, indexes of its units)], keeping the units' order within each group."""
@@ -255,6 +257,6 @@ def raise_first(results):
 
 def runner_for(redis):
     """The runner suited to a client: per node for a Redis Cluster, one call otherwise."""
-    if isinstance(redis, RedisCluster) or getattr(redis, "is_cluster", False):
+    if isinstance(redis, RedisCluster | LazyCluster):
         return ClusterRunner(redis)
     return SingleRunner(redis)

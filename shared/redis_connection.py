@@ -56,8 +56,6 @@ class LazyCluster:
     attribute is the real client's; until one can be built, using it raises a ConnectionError.
     """
 
-    is_cluster = True
-
     def __init__(self, build):
         self._build = build
         self._client = None
