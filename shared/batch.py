@@ -163,38 +163,46 @@ class ClusterRunner:
                 continue
             sent.append((node, indexes, subset, pool, connection))
         # Every call is on the wire before the first reply is read.
-        for node, indexes, subset, pool, connection in sent:
-            try:
-                reply = connection.read_response()
-            except NoScriptError:
-                pool.release(connection)
-                reply = self._retry_on(cluster, node, script, subset, header)
-            except ResponseError as exc:
-                pool.release(connection)
-                exc = _classify(exc)
-                if isinstance(exc, _REDIRECTED):
-                    self.refresh(exc)
-                    self._one_by_one(cluster, script, units, indexes, header, results)
-                else:
-                    self._fail(indexes, exc, results)
-                continue
-            except Exception as exc:
+        try:
+            while sent:
+                node, indexes, subset, pool, connection = sent.pop(0)
+                self._collect(cluster, script, units, header, results, node, indexes, subset, pool, connection)
+        finally:
+            # Cut short (a worker timeout, say): a connection with a reply still unread is unusable.
+            for _, _, _, pool, connection in sent:
                 connection.disconnect()
                 pool.release(connection)
-                self._fail(indexes, exc, results)
-                continue
-            else:
-                pool.release(connection)
-            if isinstance(reply, _REDIRECTED):
-                self.refresh(reply)
-                self._one_by_one(cluster, script, units, indexes, header, results)
-                continue
-            if isinstance(reply, Exception):
-                self._fail(indexes, reply, results)
-                continue
+        return results
+
+    def _collect(self, cluster, script, units, header, results, node, indexes, subset, pool, connection):
+        """Read one node's reply into `results`, following NOSCRIPT and redirections."""
+        try:
+            reply = connection.read_response()
+        except NoScriptError:
+            pool.release(connection)
+            reply = self._retry_on(cluster, node, script, subset, header)
+        except ResponseError as exc:
+            pool.release(connection)
+            reply = _classify(exc)
+        except Exception as exc:
+            connection.disconnect()
+            pool.release(connection)
+            self._fail(indexes, exc, results)
+            return
+        except BaseException:
+            connection.disconnect()
+            pool.release(connection)
+            raise
+        else:
+            pool.release(connection)
+        if isinstance(reply, _REDIRECTED):
+            self.refresh(reply)
+            self._one_by_one(cluster, script, units, indexes, header, results)
+        elif isinstance(reply, Exception):
+            self._fail(indexes, reply, results)
+        else:
             for index, value in zip(indexes, reply):
                 results[index] = value
-        return results
 
     def _client(self):
         return self.cluster.client() if isinstance(self.cluster, LazyCluster) else self.cluster
