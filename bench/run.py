@@ -29,11 +29,13 @@ import requests
 from bench.redis_proxy import CountingProxy
 from devtools.agent_receiver import AgentReceiver
 from shared.config import SETTING_NAMES
-from tests.support import GunicornService, RedisServer
+from tests.support import GunicornService, RedisClusterServers, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
 SIZES = (2, 50, 500, 2000)
+# The state stores a row set is measured on: one redis-server, and a local three-primary Redis Cluster.
+STORES = ("redis", "cluster")
 COST_TOKEN = "bench-cost-token-0123456789abcdef"
 FORECAST_TOKEN = "bench-forecast-token-0123456789abcdef"
 WORKERS = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -98,12 +100,14 @@ class Row:
     """One line of the table."""
 
     endpoint: str
+    store: str  # "redis" or "cluster"
     deployments: int
     service: WrkResult
     ceiling: WrkResult
-    commands: float  # sent by the service, per request
+    commands: float  # sent by the service, per request (script calls over all nodes on a cluster)
     server_commands: float  # executed by Redis (Lua calls included), per request
-    round_trips: float
+    round_trips: float | None  # None on a cluster, where the proxy cannot stand between client and nodes
+    server_us_per_deployment: float  # Redis time in our scripts (INFO commandstats), per deployment
     peak_rss_mb: float
 
     @property
@@ -239,13 +243,15 @@ def workers_peak_rss_mb(service):
 class Stack:
     """Redis, the agent receiver, the services, their counted twins and the ceiling; stop() undoes start()."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, stores=STORES):
         self.workdir = Path(workdir)
+        self.stores = stores
         self.redis_server = RedisServer(self.workdir)
+        self.cluster = RedisClusterServers(self.workdir / "cluster") if "cluster" in stores else None
         self.receiver = AgentReceiver()
         self.proxy = None
-        self.services = {}  # endpoint name -> GunicornService timed by wrk
-        self.counted = {}  # endpoint name -> GunicornService talking to Redis through the proxy
+        self.services = {}  # (store, endpoint name) -> GunicornService timed by wrk
+        self.counted = {}  # endpoint name -> GunicornService talking to the single Redis through the proxy
         self.ceiling = None
         self._started = []
 
@@ -270,12 +276,24 @@ class Stack:
         }
         apps = {COST.name: "cost_service:create_app()", FORECAST.name: "forecast_service:create_app()"}
         for name, app in apps.items():
-            self.services[name] = self._gunicorn(app, env, WORKERS, f"{name}.log")
+            self.services["redis", name] = self._gunicorn(app, env, WORKERS, f"{name}.log")
             # One worker is enough to count what a request sends, and keeps every request on one connection.
             counted_env = {**env, "REDIS_URL": self.proxy.url}
             self.counted[name] = self._gunicorn(app, counted_env, 1, f"{name}-counted.log")
+        if self.cluster:
+            self._started.append(self.cluster)
+            self.cluster.start()
+            cluster_env = {**env, "REDIS_URL": self.cluster.url, "REDIS_CLUSTER": "true"}
+            for name, app in apps.items():
+                self.services["cluster", name] = self._gunicorn(app, cluster_env, WORKERS, f"{name}-cluster.log")
         self.ceiling = self._gunicorn("bench.ceiling:create_app()", env, WORKERS, "ceiling.log")
         return self
+
+    def redis_nodes(self, store):
+        """Clients of the Redis servers behind a store: the one server, or each cluster primary."""
+        if store == "redis":
+            return [redis.Redis(port=self.redis_server.port)]
+        return [redis.Redis(port=port) for port in self.cluster.primary_ports()]
 
     def _gunicorn(self, app, env, workers, log_name):
         service = GunicornService(app, env, workers=workers)
@@ -315,15 +333,15 @@ def post(url, body, token):
     return response.json()
 
 
-def prime(stack, endpoint, size, bodies):
+def prime(stack, store, endpoint, size, bodies):
     """Bring a case to steady state: every firing deployment triggered once and in its cooldown."""
     expected = firing_count(size)
     if endpoint is FORECAST:
         # The forecast rules need cost state; this cost payload fires no cost rule of its own.
-        seeded = post(f"{stack.services[COST.name].url}{COST.path}", bodies["seed"], COST.token)
+        seeded = post(f"{stack.services[store, COST.name].url}{COST.path}", bodies["seed"], COST.token)
         if seeded["triggered"]:
             raise BenchError(f"the forecast case's cost seed fired {len(seeded['triggered'])} deployments")
-    answer = post(f"{stack.services[endpoint.name].url}{endpoint.path}", bodies["payload"], endpoint.token)
+    answer = post(f"{stack.services[store, endpoint.name].url}{endpoint.path}", bodies["payload"], endpoint.token)
     # A 2xx from the receiver is what writes last_trigger; only then is the case in steady state.
     if len(answer["triggered"]) != expected or answer["delivery"] != "ok":
         raise BenchError(
@@ -332,35 +350,52 @@ def prime(stack, endpoint, size, bodies):
         )
 
 
-def count_redis_traffic(stack, redis_client, endpoint, size, body, requests_count):
-    """Per steady-state request: commands sent, commands Redis executed, and round trips.
+def count_redis_traffic(stack, store, endpoint, size, body, requests_count):
+    """Per steady-state request: commands sent, commands Redis executed, round trips, and script µs.
 
     Sequential requests while nothing else talks to Redis, so the INFO commandstats delta
     belongs to these requests alone (a delta around a wrk run would also catch the requests
-    still in flight when wrk stops).
+    still in flight when wrk stops). On the single Redis the requests go to the service's
+    one-worker twin behind the counting proxy; on a cluster, to the service itself, and the
+    script calls are counted on every primary.
     """
-    url = f"{stack.counted[endpoint.name].url}{endpoint.path}"
-    # The first request of a worker loads the Lua scripts and may open its connection: not steady state.
-    post(url, body, endpoint.token)
+    nodes = stack.redis_nodes(store)
+    service = stack.counted[endpoint.name] if store == "redis" else stack.services[store, endpoint.name]
+    url = f"{service.url}{endpoint.path}"
+    # A worker's first request loads the Lua scripts and may open its connections: not steady state.
+    for _ in range(2 * WORKERS):
+        post(url, body, endpoint.token)
     commands_before, trips_before = stack.proxy.counts()
-    executed_before = server_commands(redis_client)
+    stats_before = [node.info("commandstats") for node in nodes]
     for _ in range(requests_count):
         answer = post(url, body, endpoint.token)
         if answer["triggered"] or len(answer["cooldown"]) != firing_count(size):
             raise BenchError(f"{endpoint.name} at {size} is not in steady state: {answer}")
-    executed = server_commands(redis_client) - executed_before
+    stats_after = [node.info("commandstats") for node in nodes]
     commands_after, trips_after = stack.proxy.counts()
-    return (
-        (commands_after - commands_before) / requests_count,
-        executed / requests_count,
-        (trips_after - trips_before) / requests_count,
+    executed = sum(server_commands(after) - server_commands(before) for before, after in zip(stats_before, stats_after))
+    scripts = sum(
+        script_stat(after, "calls") - script_stat(before, "calls") for before, after in zip(stats_before, stats_after)
     )
+    usec = sum(
+        script_stat(after, "usec") - script_stat(before, "usec") for before, after in zip(stats_before, stats_after)
+    )
+    if store == "redis":
+        commands = (commands_after - commands_before) / requests_count
+        round_trips = (trips_after - trips_before) / requests_count
+    else:
+        commands, round_trips = scripts / requests_count, None
+    return commands, executed / requests_count, round_trips, usec / requests_count / size
 
 
-def server_commands(client):
+def server_commands(stats):
     """Commands Redis has executed, Lua scripts' own calls included, leaving out our INFO calls."""
-    stats = client.info("commandstats")
     return sum(entry["calls"] for name, entry in stats.items() if name != "cmdstat_info")
+
+
+def script_stat(stats, field):
+    """A field of the script commands' stats (EVALSHA, and EVAL for a first load): calls or usec."""
+    return sum(stats.get(name, {}).get(field, 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
 LATENCY_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -422,7 +457,7 @@ def combine(results):
     )
 
 
-def run_case(stack, wrk, mode, endpoint, size, workdir, redis_client):
+def run_case(stack, wrk, mode, store, endpoint, size, workdir):
     """Prime one case, time the service and the ceiling alternately, then count its Redis traffic."""
     timestamp = payload_timestamp()
     ns = namespace(endpoint, size)
@@ -434,14 +469,14 @@ def run_case(stack, wrk, mode, endpoint, size, workdir, redis_client):
             "seed": json.dumps(cost_payload(ns, size, timestamp, waste_rule=False)),
             "payload": json.dumps(forecast_payload(ns, size, timestamp)),
         }
-    body_path = workdir / f"{ns}.json"
+    body_path = workdir / f"{store}-{ns}.json"
     body_path.write_text(bodies["payload"])
-    script = workdir / f"{ns}.lua"
+    script = workdir / f"{store}-{ns}.lua"
     script.write_text(wrk_script(body_path, endpoint.token))
 
-    prime(stack, endpoint, size, bodies)
+    prime(stack, store, endpoint, size, bodies)
     seconds = mode.small_seconds if size <= 50 else mode.large_seconds
-    service = stack.services[endpoint.name]
+    service = stack.services[store, endpoint.name]
     urls = {"service": f"{service.url}{endpoint.path}", "ceiling": f"{stack.ceiling.url}{endpoint.path}"}
     runs = {"service": [], "ceiling": []}
     if mode.warmup_seconds:
@@ -451,17 +486,19 @@ def run_case(stack, wrk, mode, endpoint, size, workdir, redis_client):
     for _ in range(mode.rounds):
         for side, url in urls.items():
             runs[side].append(checked_wrk(wrk, url, script, seconds))
-    commands, executed, round_trips = count_redis_traffic(
-        stack, redis_client, endpoint, size, bodies["payload"], mode.counted_requests
+    commands, executed, round_trips, server_us = count_redis_traffic(
+        stack, store, endpoint, size, bodies["payload"], mode.counted_requests
     )
     return Row(
         endpoint=endpoint.name,
+        store=store,
         deployments=size,
         service=combine(runs["service"]),
         ceiling=combine(runs["ceiling"]),
         commands=commands,
         server_commands=executed,
         round_trips=round_trips,
+        server_us_per_deployment=server_us,
         peak_rss_mb=workers_peak_rss_mb(service),
     )
 
@@ -470,6 +507,7 @@ def run_case(stack, wrk, mode, endpoint, size, workdir, redis_client):
 
 COLUMNS = (
     "endpoint",
+    "store",
     "deployments",
     "req/s",
     "p50 ms",
@@ -479,6 +517,7 @@ COLUMNS = (
     "redis cmds/req",
     "server cmds/req",
     "round trips/req",
+    "redis µs/deployment",
     "peak RSS MB/worker",
 )
 
@@ -492,6 +531,7 @@ def table(rows):
     cells = [
         (
             row.endpoint,
+            row.store,
             str(row.deployments),
             _rate(row.service.requests_per_second),
             f"{row.service.p50_ms:.2f}",
@@ -500,13 +540,14 @@ def table(rows):
             f"{row.ratio:.2f}",
             f"{row.commands:.1f}",
             f"{row.server_commands:.1f}",
-            f"{row.round_trips:.2f}",
+            "-" if row.round_trips is None else f"{row.round_trips:.2f}",
+            f"{row.server_us_per_deployment:.2f}",
             f"{row.peak_rss_mb:.1f}",
         )
         for row in rows
     ]
     widths = [max(len(c[i]) for c in [COLUMNS, *cells]) for i in range(len(COLUMNS))]
-    numeric = [i > 0 for i in range(len(COLUMNS))]
+    numeric = [i > 1 for i in range(len(COLUMNS))]
 
     def line(values):
         padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
@@ -517,33 +558,42 @@ def table(rows):
 
 
 def target_checks(rows):
-    """The issue's targets, each with the measured figure and whether it is met."""
-    by_case = {(row.endpoint, row.deployments): row for row in rows}
+    """The issues' targets, each with the measured figure and whether it is met."""
+    by_case = {(row.store, row.endpoint, row.deployments): row for row in rows}
     checks = []
 
     def check(label, met, figure):
         checks.append(f"- [{'x' if met else ' '}] {label}: {figure}")
 
     for endpoint in (COST.name, FORECAST.name):
-        for size, floor in ((2, 0.5), (500, 0.2)):
-            row = by_case.get((endpoint, size))
+        for size, floor in ((2, 0.5), (500, 0.2), (2000, 0.2)):
+            row = by_case.get(("redis", endpoint, size))
             if row:
                 check(
                     f"{endpoint} ratio to the ceiling at {size} deployments >= {floor}",
                     row.ratio >= floor,
                     f"{row.ratio:.2f}",
                 )
-        cases = [row for row in rows if row.endpoint == endpoint]
-        limit = 3 if endpoint == COST.name else 4
-        trips = max(row.round_trips for row in cases)
-        check(f"{endpoint} round trips per request <= {limit} at every size", trips <= limit, f"at most {trips:.2f}")
-        extra = [row.commands - row.deployments for row in cases]
-        check(
-            f"{endpoint} commands per request <= one per deployment + a constant",
-            max(extra) <= 16 and max(extra) - min(extra) < 1,
-            "commands minus deployments: " + ", ".join(f"{e:.1f}" for e in extra),
-        )
-        row = by_case.get((endpoint, 2000))
+        single, cluster = by_case.get(("redis", endpoint, 500)), by_case.get(("cluster", endpoint, 500))
+        if single and cluster:
+            check(
+                f"{endpoint} on the cluster at 500 deployments >= half the single-Redis ratio",
+                cluster.ratio >= single.ratio / 2,
+                f"{cluster.ratio:.2f} against {single.ratio:.2f}",
+            )
+        cases = [row for row in rows if row.endpoint == endpoint and row.store == "redis"]
+        if cases:
+            trips = max(row.round_trips for row in cases)
+            check(f"{endpoint} round trips per request in steady state == 1 at every size", trips <= 1, f"{trips:.2f}")
+            commands = max(row.commands for row in cases)
+            check(f"{endpoint} commands per request == 1 at every size", commands <= 1, f"at most {commands:.1f}")
+        on_cluster = [row for row in rows if row.endpoint == endpoint and row.store == "cluster"]
+        if on_cluster:
+            calls = max(row.commands for row in on_cluster)
+            check(
+                f"{endpoint} script calls per request on the cluster <= 3 (one per primary)", calls <= 3, f"{calls:.1f}"
+            )
+        row = by_case.get(("redis", endpoint, 2000))
         if row:
             check(
                 f"{endpoint} peak RSS per worker at 2000 deployments < 80 MB",
@@ -578,7 +628,7 @@ Machine: {machine()}.
 
 {table(rows)}
 
-## Targets (issue 6)
+## Targets (issues 6 and 11)
 
 {target_checks(rows)}
 
@@ -586,7 +636,8 @@ Machine: {machine()}.
 
 - Each service and the ceiling (bench/ceiling.py: a Flask app whose endpoints only call
   `request.get_json()` and answer 201 `{{}}`) run under the project's `gunicorn.conf.py` with
-  `WEB_CONCURRENCY={WORKERS}`, `LOG_LEVEL=WARNING`, on loopback, against a redis-server of the run's own.
+  `WEB_CONCURRENCY={WORKERS}`, `LOG_LEVEL=WARNING`, on loopback, against a redis-server of the run's own
+  (`store` redis) and against a local Redis Cluster of three primaries without replicas (`store` cluster).
 - Load: `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} --latency` with the same body and headers for the service and
   the ceiling. After a {mode.warmup_seconds} s warm-up of each, a case runs {mode.rounds} rounds of
   "service, then ceiling", {mode.small_seconds} s per run at 2 and 50 deployments and {mode.large_seconds} s at
@@ -599,7 +650,11 @@ Machine: {machine()}.
 - `redis cmds/req` and `round trips/req`: {mode.counted_requests} sequential steady-state requests to a
   one-worker twin of the service whose Redis connection goes through bench/redis_proxy.py, which parses the
   commands the service sends and counts round trips by holding replies until the client stops sending.
-  This is what the targets count: one EVALSHA is one command.
+  This is what the targets count: one EVALSHA is one command. On the cluster, where no proxy can stand
+  between the client and the nodes, `redis cmds/req` is the script calls counted by `INFO commandstats`
+  on every primary (one per node per step at most), and round trips are not counted.
+- `redis µs/deployment`: the time Redis spent in our scripts (`INFO commandstats` usec of EVALSHA and EVAL,
+  over every node) per request and per deployment, over those same requests.
 - `server cmds/req`: the `INFO commandstats` delta over those same requests, which also counts every call a
   Lua script makes inside Redis (so a script doing HGET, HSET and HGETALL counts 4).
 - `peak RSS MB/worker`: the largest `VmHWM` among the service's workers after the case (peaks only grow, and
@@ -607,7 +662,7 @@ Machine: {machine()}.
 """
 
 
-def run(mode, output):
+def run(mode, output, sizes=SIZES, stores=STORES):
     """Run every case and report; return the rows."""
     wrk = ensure_wrk()
     started_at = datetime.now(UTC)
@@ -617,15 +672,15 @@ def run(mode, output):
     rows = []
     with tempfile.TemporaryDirectory(prefix="aggregator-bench-") as tmp:
         workdir = Path(tmp)
-        stack = Stack(workdir)
+        stack = Stack(workdir, stores)
         try:
-            print("bench: starting redis-server, the agent receiver, the services and the ceiling", flush=True)
+            print("bench: starting Redis, the agent receiver, the services and the ceiling", flush=True)
             stack.start()
-            redis_client = redis.Redis(port=stack.redis_server.port)
-            for size in SIZES:
-                for endpoint in (COST, FORECAST):
-                    print(f"bench: {endpoint.name} at {size} deployments", flush=True)
-                    rows.append(run_case(stack, wrk, mode, endpoint, size, workdir, redis_client))
+            for store in stores:
+                for size in sizes:
+                    for endpoint in (COST, FORECAST):
+                        print(f"bench: {endpoint.name} at {size} deployments on {store}", flush=True)
+                        rows.append(run_case(stack, wrk, mode, store, endpoint, size, workdir))
         finally:
             stack.stop()
     seconds = time.monotonic() - started
@@ -638,6 +693,21 @@ def run(mode, output):
         output.write_text(results_markdown(rows, mode, started_at, seconds, load))
         print(f"bench: wrote {output}")
     return rows
+
+
+def _choices(allowed, kind):
+    """An argparse type: a comma-separated subset of `allowed`, kept in their order."""
+
+    def parse(text):
+        try:
+            chosen = {kind(part.strip()) for part in text.split(",") if part.strip()}
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a list of {kind.__name__}: {text!r}") from None
+        if not chosen or not chosen <= set(allowed):
+            raise argparse.ArgumentTypeError(f"choose among {', '.join(map(str, allowed))}")
+        return tuple(value for value in allowed if value in chosen)
+
+    return parse
 
 
 def _stop_on_sigterm(signum, frame):
@@ -653,12 +723,22 @@ def main(argv=None):
         type=Path,
         help=f"where to write the results (default: {RESULTS.relative_to(ROOT)}, none with --quick)",
     )
+    parser.add_argument(
+        "--sizes",
+        type=_choices(SIZES, int),
+        default=SIZES,
+        help="comma-separated deployments per payload, a subset of the default (a targeted check writes nothing)",
+    )
+    parser.add_argument(
+        "--stores", type=_choices(STORES, str), default=STORES, help="comma-separated: redis, cluster, or both"
+    )
     args = parser.parse_args(argv)
-    output = args.output or (None if args.quick else RESULTS)
+    partial = args.quick or args.sizes != SIZES or args.stores != STORES
+    output = args.output or (None if partial else RESULTS)
     # SIGTERM (a CI timeout, say) takes the same path as Ctrl-C, so the finally blocks stop everything.
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        run(QUICK if args.quick else FULL, output)
+        run(QUICK if args.quick else FULL, output, args.sizes, args.stores)
     except KeyboardInterrupt:
         print("\nbench: interrupted; everything it started is stopped", file=sys.stderr)
         return 130

@@ -15,6 +15,7 @@ DEFAULTS = {
     "REDIS_URL": "redis://localhost:6379/0",
     "REDIS_TIMEOUT_SECONDS": "2",
     "REDIS_CLUSTER": "false",
+    "REDIS_CLUSTER_NODES": "",
     "AGENT_WEBHOOK_CONNECT_TIMEOUT_SECONDS": "2",
     "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS": "5",
     "AGENT_WEBHOOK_BUDGET_SECONDS": "5",
@@ -62,6 +63,7 @@ class Settings:
 
     redis_url: str
     redis_cluster: bool
+    redis_cluster_nodes: tuple[tuple[str, int], ...]
     redis_timeout: float
     webhook_url: str
     webhook_connect_timeout: float
@@ -84,6 +86,7 @@ class StoreSettings:
 
     redis_url: str
     redis_cluster: bool
+    redis_cluster_nodes: tuple[tuple[str, int], ...]
     redis_timeout: float
     cooldown_seconds: int
     allowed_namespaces: frozenset[str]
@@ -179,6 +182,23 @@ def _webhook_secret(config):
     return secret
 
 
+def _cluster_nodes(config, cluster):
+    """More seed nodes of a Redis Cluster besides REDIS_URL's, as (host, port) pairs."""
+    raw = str(config.get("REDIS_CLUSTER_NODES") or "")
+    nodes = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        host, _, port = entry.rpartition(":")
+        host = host.strip("[]")  # an IPv6 address is written [::1]:7000
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"REDIS_CLUSTER_NODES must be comma-separated host:port pairs, got {entry!r}")
+        nodes.append((host, int(port)))
+    if nodes and not cluster:
+        raise ConfigError("REDIS_CLUSTER_NODES is only used with REDIS_CLUSTER=true")
+    return tuple(nodes)
+
+
 def _namespaces(config):
     names = frozenset(n.strip() for n in str(config["ALLOWED_NAMESPACES"]).split(",") if n.strip())
     if not names or not all(DNS_LABEL.match(n) for n in names):
@@ -214,9 +234,11 @@ def parse_store_settings(config):
     redis_url = _required(config, "REDIS_URL")
     if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}")
+    redis_cluster = _flag(config, "REDIS_CLUSTER")
     return StoreSettings(
         redis_url=redis_url,
-        redis_cluster=_flag(config, "REDIS_CLUSTER"),
+        redis_cluster=redis_cluster,
+        redis_cluster_nodes=_cluster_nodes(config, redis_cluster),
         redis_timeout=_number(config, "REDIS_TIMEOUT_SECONDS", 0.1, 60),
         # At least one second, so two claims of one key can never carry the same value.
         cooldown_seconds=_number(config, "COOLDOWN_SECONDS", 1, 7 * 24 * 3600, int),
@@ -247,6 +269,7 @@ def parse_settings(config, token_setting):
     return Settings(
         redis_url=store.redis_url,
         redis_cluster=store.redis_cluster,
+        redis_cluster_nodes=store.redis_cluster_nodes,
         redis_timeout=store.redis_timeout,
         webhook_url=webhook.webhook_url,
         webhook_connect_timeout=webhook.webhook_connect_timeout,

@@ -79,12 +79,12 @@ class Aggregator:
             if reasons:
                 firing[name] = reasons
 
-        # The hash's last_trigger shows a running window without asking Redis to refuse a claim;
-        # inside it, only a risk rule may still get through, as an escalation.
-        windows = {name: cooldown_remaining(saved.states[name], now, cooldown) for name in firing}
-        candidates = [name for name in firing if not windows[name]]
-        escalations = {name: windows[name] for name in firing if windows[name] and has_risk(firing[name])}
-        claimed, escalated = self.repository.claim(namespace, candidates, escalations, now)
+        # The hash's last_trigger shows a delivered window without asking Redis; inside it only a risk
+        # rule may still get through, as an escalation. The rest (no window seen, or a risk) go to
+        # the claim script, which also sees windows whose trigger is still in flight.
+        risky = {name for name, reasons in firing.items() if has_risk(reasons)}
+        due = [name for name in firing if name in risky or not cooldown_remaining(saved.states[name], now, cooldown)]
+        claimed, escalated = self.repository.claim(namespace, due, risky, now) if due else ([], [])
 
         sent, escalated_names = claimed + escalated, set(escalated)
         delivery, outcome = "none", None
@@ -97,8 +97,7 @@ class Aggregator:
             )
             outcome = self.webhook.deliver(message, request_id)
             if outcome.ok:
-                risk = [name for name in claimed if has_risk(firing[name])]
-                self.repository.settle_delivered(namespace, claimed, risk, now)
+                self.repository.settle_delivered(namespace, claimed, now)
                 delivery = "ok"
             else:
                 record = failed_record(message, outcome, request_id)

@@ -2,11 +2,10 @@
 
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
+from dataclasses import dataclass, field
 
 from shared.ingest import failed_record
-from shared.rules import has_risk
 
 
 @dataclass
@@ -27,10 +26,10 @@ class Redelivery:
 def redeliver(repository, webhook, namespace, record, now=None):
     """Send a record of triggers:{namespace}:failed again; return a Redelivery.
 
-    Every deployment is claimed first, exactly as ingest claims it (SET NX EX), so a deployment
-    whose cooldown window has been claimed since the failure is not sent a second time. An
-    escalation goes again only into the window it escalated, under the escalation claim. Delivered,
-    the record leaves the list; failed, it is replaced by one naming the latest error.
+    Every deployment is claimed first, exactly as ingest claims it, so a deployment whose cooldown
+    window has been claimed since the failure is not sent a second time. An escalation goes again
+    only into the window it escalated, under the escalation claim. Delivered, the record leaves the
+    list; failed, it is replaced by one naming the latest error.
     """
     now = time.time() if now is None else now
     message = record["message"]
@@ -40,14 +39,14 @@ def redeliver(repository, webhook, namespace, record, now=None):
 
     running = repository.running_windows(namespace, list(items))
     built_at = datetime.fromisoformat(message["sent_at"]).timestamp()
-    fresh = [name for name in items if name not in running]
-    # A window claimed no later than the message was built is the one the escalation was for.
-    escalations = {
-        name: running[name][1]
+    # An escalation goes again only into the window it escalated: one claimed no later than the
+    # message was built. Any other running window was claimed since, and holds its deployment back.
+    risky = {
+        name
         for name, item in items.items()
         if item.get("escalation") and name in running and running[name][0] <= built_at
     }
-    claimed, escalated = repository.claim(namespace, fresh, escalations, now)
+    claimed, escalated = repository.claim(namespace, list(items), risky, now)
     result.sent = claimed + escalated
     result.superseded = [name for name in items if name not in result.sent]
 
@@ -62,8 +61,7 @@ def redeliver(repository, webhook, namespace, record, now=None):
         message = {**message, "triggers": triggers}
         result.delivery = webhook.deliver(message, record.get("request_id") or uuid.uuid4().hex, webhook_id)
         if result.delivery.ok:
-            risk = [name for name in claimed if has_risk(items[name]["reasons"])]
-            repository.settle_delivered(namespace, claimed, risk, now)
+            repository.settle_delivered(namespace, claimed, now)
         else:
             again = failed_record(message, result.delivery, record.get("request_id"))
             repository.settle_failed(namespace, claimed, escalated, now, again)

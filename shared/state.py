@@ -16,66 +16,176 @@ Keys (their names are a contract: other systems read them):
   the denominator of the CPU price; guarded by ``{cluster:{namespace}:req_cpu_total}:timestamp``.
 - ``trigger:{namespace}:{name}``: Unix seconds of the last trigger claim; expires after the
   cooldown. Setting it (``SET NX EX``) is what claims a deployment's cooldown window.
-- ``trigger:{namespace}:{name}:escalation``: set when a risk rule has been sent inside the current
-  window, so that a window a waste rule opened is escalated by a risk rule at most once.
+- ``{trigger:{namespace}:{name}}:escalation``: set when a risk rule has been claimed inside the
+  current window (by the claim that opened it, or by an escalation), so that a window is escalated
+  by a risk rule at most once. Its hash tag is the cooldown key's full name: the two share a slot,
+  so one script decides "open a window" or "escalate it" atomically.
 - ``triggers:{namespace}:failed``: list of JSON records of deliveries that failed for good,
   newest first, capped at 1000 entries.
 
-Every atomic step touches one key (or a key and its hash-tagged timestamp), so the layout works
-unchanged on Redis Cluster, where ``app:`` and ``trigger:`` keys of one deployment live on
-different nodes. The Redis work of one request is a constant number of pipelined round trips,
-whatever the number of deployments.
+Every atomic step touches the keys of one slot: one key, or a key and its hash-tagged companion
+(a timestamp, an escalation). The layout therefore works unchanged on Redis Cluster, where the
+``app:`` and ``trigger:`` keys of one deployment live on different nodes. Each step of a request
+(store, claim, settle) is one script call over all its deployments on a single Redis, and one
+call per node on a cluster (shared/batch.py), whatever the number of deployments.
 """
 
 import json
-import math
 from dataclasses import dataclass, field
 
-from redis.exceptions import NoScriptError
+from shared.batch import PROLOGUE, Script, Unit, raise_first, runner_for
 
 CLUSTER_ITEMS = ("cost", "vm_count", "req_cpu_total")
 FAILED_KEEP = 1000
 COST_FIELDS = ("req_cpu", "req_mem", "usage_cpu_curr", "usage_mem_curr")
 FORECAST_FIELDS = ("pred_cpu_peak", "pred_mem_peak")
-# Field names as Redis returns them, so that thousands of replies need no decoding of names.
-FIELD_NAMES = {
-    name.encode(): name
-    for name in (*COST_FIELDS, *FORECAST_FIELDS, "cost_timestamp", "forecast_timestamp", "last_trigger")
+# What a save reads back of a deployment's hash besides what it writes: the other source's
+# fields and last_trigger, so the rules see the state as stored after the write.
+READ_BACK = {
+    "cost_timestamp": (*FORECAST_FIELDS, "forecast_timestamp", "last_trigger"),
+    "forecast_timestamp": (*COST_FIELDS, "cost_timestamp", "last_trigger"),
 }
 
-# Per deployment: write the payload's fields unless the stored data from the same source is
-# newer, then return the whole hash, so rules always see what is stored after the write.
-SAVE_APP_FIELDS = """
-local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
-local written = 0
-if not stored or stored <= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], unpack(ARGV, 3))
-  written = 1
+# Unit kinds of the save and release scripts.
+ROW, ITEM = 0, 1
+# How a failed delivery releases a deployment's claims (see RELEASE).
+RELEASE_WINDOW, RELEASE_ESCALATION, RELEASE_BOTH = "1", "2", "3"
+CLAIMED, ESCALATED = 1, 2
+
+# Store one payload. Arguments: the counts of rows, keys per row and items; the item mode ('set'
+# for cost, 'get' for forecast); the timestamp field and the payload's timestamp; the count and
+# names of the value fields written, then of the fields read back; each row's values in that
+# order; each written item's value. Keys: each row's keys (its app hash first), then each item's
+# (the cluster key, and with 'set' its timestamp key). Per row: write unless the stored data from
+# the same source is newer, and answer the read-back fields as one comma-joined string ('' where
+# absent), or 0 when skipped. Per item: with 'set', write unless its timestamp key is newer;
+# answer the value stored after. The per-row work is kept to one HMGET and one HSET: Redis time
+# per deployment is what bounds a large payload.
+SAVE = Script(
+    f"""{PROLOGUE}
+local rows, per_row, items = tonumber(A[ao + 1]), tonumber(A[ao + 2]), tonumber(A[ao + 3])
+local set_items, ts_field, ts = A[ao + 4] == 'set', A[ao + 5], A[ao + 6]
+local stamp, nfields = tonumber(ts), tonumber(A[ao + 7])
+local nread = tonumber(A[ao + 8 + nfields])
+local hset, read = {{ts_field, ts}}, {{ts_field}}
+for j = 1, nfields do
+  hset[2 * j + 1] = A[ao + 7 + j]
 end
-return {written, redis.call('HGETALL', KEYS[1])}
-"""
-
-# Set a cluster value (KEYS[1]) unless its timestamp key (KEYS[2], same slot) holds a newer
-# payload's time; return the value stored afterwards.
-SET_IF_NEWER = """
-local stored = tonumber(redis.call('GET', KEYS[2]))
-if not stored or stored <= tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[2])
-  redis.call('SET', KEYS[2], ARGV[1])
+for j = 1, nread do
+  read[j + 1] = A[ao + 8 + nfields + j]
 end
-return redis.call('GET', KEYS[1])
-"""
-
-# Release a cooldown claim only if it is still ours: a later claim must survive our failure.
-RELEASE_CLAIM = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+local out, v, k = {{}}, ao + 9 + nfields + nread, ko
+for i = 1, rows do
+  local key = K[k + 1]
+  local got = redis.call('HMGET', key, unpack(read))
+  local stored = tonumber(got[1])
+  if not stored or stored <= stamp then
+    for j = 1, nfields do
+      hset[2 * j + 2] = A[v + j - 1]
+    end
+    redis.call('HSET', key, unpack(hset))
+    for j = 2, nread + 1 do
+      if not got[j] then
+        got[j] = ''
+      end
+    end
+    out[i] = table.concat(got, ',', 2, nread + 1)
+  else
+    out[i] = 0
+  end
+  v, k = v + nfields, k + per_row
 end
-return 0
+for j = 1, items do
+  local value_key = K[k + 1]
+  if set_items then
+    local stored = tonumber(redis.call('GET', K[k + 2]))
+    if not stored or stored <= stamp then
+      redis.call('SET', value_key, A[v])
+      redis.call('SET', K[k + 2], ts)
+    end
+    v, k = v + 1, k + 2
+  else
+    k = k + 1
+  end
+  out[rows + j] = redis.call('GET', value_key)
+end
+return out
 """
+)
 
+# Claim, per deployment, its cooldown window, or else escalate the running window when a risk
+# rule fired, in one atomic step: a risk rule met inside any window, whether its trigger is in
+# flight or delivered, is escalated exactly once. KEYS: per deployment its cooldown key and its
+# escalation key (one slot). ARGV: now, the cooldown, then per deployment '1' when a risk rule
+# fired. Answers per deployment 1 (window claimed), 2 (escalated) or 0 (held). A window opened by
+# a risk rule is marked escalated at once: its own trigger carries the risk.
+CLAIM = Script(
+    f"""{PROLOGUE}
+local now, cooldown = A[ao + 1], A[ao + 2]
+if ko == 1 then
+  -- Keys of several slots on one cluster node: read each first, so that a key the node no longer
+  -- serves fails the script before it claims anything, and the retry key by key finds no claim
+  -- of its own to lose to.
+  for i = 1, nk do
+    redis.call('EXISTS', K[ko + i])
+  end
+end
+local out = {{}}
+for i = 1, nk / 2 do
+  local window, escalation, risk = K[ko + 2 * i - 1], K[ko + 2 * i], A[ao + 2 + i] == '1'
+  if redis.call('SET', window, now, 'NX', 'EX', cooldown) then
+    if risk then
+      redis.call('SET', escalation, now, 'EX', cooldown)
+    end
+    out[i] = 1
+  elseif risk and redis.call('SET', escalation, now, 'NX', 'EX', math.max(1, redis.call('TTL', window))) then
+    out[i] = 2
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+)
 
-SCRIPTS = {"save": SAVE_APP_FIELDS, "set_if_newer": SET_IF_NEWER, "release": RELEASE_CLAIM}
+# After a delivery: last_trigger on each claimed window's app hash. KEYS: app keys; ARGV[1]: now.
+SETTLE = Script(
+    f"""{PROLOGUE}
+local out = {{}}
+for i = 1, nk do
+  out[i] = redis.call('HSET', K[ko + i], 'last_trigger', A[ao + 1])
+end
+return out
+"""
+)
+
+# Give back claims, each only while it still holds our value: a later claim must survive our
+# failure. Then, optionally, keep a failed delivery's record. ARGV: our value, the count of
+# release units, each one's RELEASE_* flag, then the record. KEYS: per release unit its cooldown
+# key and escalation key, then the failed list.
+RELEASE = Script(
+    f"""{PROLOGUE}
+local value, releases = A[ao + 1], tonumber(A[ao + 2])
+local out = {{}}
+for i = 1, releases do
+  local flag, done = A[ao + 2 + i], 0
+  for j, mask in ipairs({{'{RELEASE_WINDOW}', '{RELEASE_ESCALATION}'}}) do
+    local key = K[ko + 2 * i - 2 + j]
+    if (flag == mask or flag == '{RELEASE_BOTH}') and redis.call('GET', key) == value then
+      done = done + redis.call('DEL', key)
+    end
+  end
+  out[i] = done
+end
+if nk > 2 * releases then
+  local failed = K[ko + 2 * releases + 1]
+  redis.call('LPUSH', failed, A[ao + 3 + releases])
+  redis.call('LTRIM', failed, 0, {FAILED_KEEP - 1})
+  out[releases + 1] = 1
+end
+return out
+"""
+)
 
 
 def encode(value):
@@ -86,11 +196,6 @@ def encode(value):
 def decode(raw):
     """A stored number (bytes) back into an int or float; stored numbers are never negative."""
     return int(raw) if raw.isdigit() else float(raw)
-
-
-def _hash_to_state(flat):
-    """HGETALL's flat [field, value, ...] reply as a dict of numbers."""
-    return {FIELD_NAMES.get(flat[i]) or flat[i].decode(): decode(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 @dataclass
@@ -108,7 +213,7 @@ class StateRepository:
     def __init__(self, redis, cooldown_seconds):
         self.redis = redis
         self.cooldown_seconds = cooldown_seconds
-        self._shas = None
+        self.runner = runner_for(redis)
 
     # Key names live here and nowhere else.
     @staticmethod
@@ -123,8 +228,8 @@ class StateRepository:
 
     @classmethod
     def escalation_key(cls, namespace, name):
-        """The key marking that a risk rule was sent in the deployment's current window."""
-        return f"{cls.trigger_key(namespace, name)}:escalation"
+        """The key marking that a risk rule was claimed in the deployment's window; in its slot."""
+        return f"{{{cls.trigger_key(namespace, name)}}}:escalation"
 
     @staticmethod
     def failed_key(namespace):
@@ -146,158 +251,143 @@ class StateRepository:
         self.redis.ping()
 
     def save_cost(self, payload):
-        """Store a loaded cost payload, cluster totals included; one round trip."""
-        namespace, ts = payload["namespace"], encode(payload["timestamp"])
+        """Store a loaded cost payload, cluster totals included; one script call (per node)."""
+        namespace = payload["namespace"]
         totals = {
             "cost": payload["cluster_totals"]["current_hourly_cost_gbp"],
             "vm_count": payload["cluster_totals"]["vm_count"],
             "req_cpu_total": sum(row["req_cpu"] for row in payload["deployments"]),
         }
-
-        def build(pipe, shas):
-            self._queue_app_writes(pipe, shas, payload, "cost_timestamp", COST_FIELDS)
-            for item in CLUSTER_ITEMS:
-                keys = (self.cluster_key(namespace, item), self.cluster_timestamp_key(namespace, item))
-                _evalsha(pipe, shas["set_if_newer"], keys, ts, encode(totals[item]))
-
-        replies = self._run(build)
-        saved = self._collect(payload["deployments"], replies)
-        saved.cluster = _cluster(replies[-len(CLUSTER_ITEMS) :])
-        return saved
+        items = [
+            Unit(
+                (self.cluster_key(namespace, item), self.cluster_timestamp_key(namespace, item)),
+                (encode(totals[item]),),
+                ITEM,
+            )
+            for item in CLUSTER_ITEMS
+        ]
+        return self._save(payload, "cost_timestamp", COST_FIELDS, "set", items)
 
     def save_forecast(self, payload):
-        """Store a loaded forecast payload and read the cluster totals; one round trip."""
+        """Store a loaded forecast payload and read the cluster totals; one script call (per node)."""
         namespace = payload["namespace"]
+        items = [Unit((self.cluster_key(namespace, item),), (), ITEM) for item in CLUSTER_ITEMS]
+        return self._save(payload, "forecast_timestamp", FORECAST_FIELDS, "get", items)
 
-        def build(pipe, shas):
-            self._queue_app_writes(pipe, shas, payload, "forecast_timestamp", FORECAST_FIELDS)
-            for item in CLUSTER_ITEMS:
-                pipe.get(self.cluster_key(namespace, item))
+    def _save(self, payload, ts_field, value_fields, item_mode, items):
+        namespace, ts = payload["namespace"], encode(payload["timestamp"])
+        deployments = payload["deployments"]
+        read_back = READ_BACK[ts_field]
+        app_key = self.app_key
+        rows = [
+            Unit((app_key(namespace, row["name"]),), tuple([encode(row[name]) for name in value_fields]))
+            for row in deployments
+        ]
 
-        replies = self._run(build)
-        saved = self._collect(payload["deployments"], replies)
-        saved.cluster = _cluster(replies[-len(CLUSTER_ITEMS) :])
+        def header(units):
+            count = sum(unit.kind == ROW for unit in units)
+            return [
+                *(count, 1, len(units) - count, item_mode, ts_field, ts),
+                *(len(value_fields), *value_fields, len(read_back), *read_back),
+            ]
+
+        replies = self.runner.run(SAVE, rows + items, header)
+        raise_first(replies)
+        saved = SavedPayload()
+        stamp = decode(ts.encode())
+        for row, reply in zip(deployments, replies):
+            if reply == 0:
+                saved.stale.append(row["name"])
+                continue
+            # What was written is the payload's own numbers; only the rest comes back from Redis.
+            state = {name: row[name] for name in value_fields}
+            state[ts_field] = stamp
+            for name, raw in zip(read_back, reply.split(b",")):
+                if raw:
+                    state[name] = decode(raw)
+            saved.states[row["name"]] = state
+        saved.cluster = _cluster(replies[len(rows) :])
         return saved
 
-    def claim(self, namespace, names, escalations, now):
-        """Claim cooldown windows for `names` and escalations for `escalations` ({name: seconds}).
+    def claim(self, namespace, names, risky, now):
+        """For each of `names`, claim its cooldown window, or else escalate its running window when
+        it is in `risky` (a risk rule fired); atomically per deployment, so that of any number of
+        concurrent requests one wins each window and one each escalation. Returns (claimed, escalated).
 
-        Both are SET NX EX, so of any number of concurrent requests one wins each key. An
-        escalation lives only as long as the window it escalates. Returns (claimed, escalated).
+        On a cluster, if some node's call fails, what the others claimed is released before raising:
+        a claim is never left held without a delivery attempt.
         """
         value = str(int(now))
-
-        def build(pipe, shas):
-            for name in names:
-                pipe.set(self.trigger_key(namespace, name), value, nx=True, ex=self.cooldown_seconds)
-            for name, seconds in escalations.items():
-                pipe.set(self.escalation_key(namespace, name), value, nx=True, ex=max(1, math.ceil(seconds)))
-
-        replies = self._run(build) if names or escalations else []
-        claimed = [name for name, won in zip(names, replies) if won]
-        escalated = [name for name, won in zip(escalations, replies[len(names) :]) if won]
+        units = [
+            Unit(
+                (self.trigger_key(namespace, name), self.escalation_key(namespace, name)),
+                ("1" if name in risky else "0",),
+            )
+            for name in names
+        ]
+        replies = self.runner.run(CLAIM, units, lambda _: [value, self.cooldown_seconds])
+        if any(isinstance(reply, Exception) for reply in replies):
+            won = [
+                Unit(unit.keys, (RELEASE_BOTH if reply == CLAIMED else RELEASE_ESCALATION,))
+                for unit, reply in zip(units, replies)
+                if reply in (CLAIMED, ESCALATED)
+            ]
+            if won:
+                self.runner.run(RELEASE, won, lambda subset: [value, len(subset)])
+            raise_first(replies)
+        claimed = [name for name, reply in zip(names, replies) if reply == CLAIMED]
+        escalated = [name for name, reply in zip(names, replies) if reply == ESCALATED]
         return claimed, escalated
 
-    def settle_delivered(self, namespace, claimed, risk, now):
-        """After a delivery: note `last_trigger` for the windows claimed at `now`, and mark the ones
-        opened by a risk rule (`risk`) as escalated already, so that no second risk trigger follows."""
+    def settle_delivered(self, namespace, claimed, now):
+        """After a delivery: note `last_trigger` for the windows claimed at `now`."""
         value = str(int(now))
-
-        def build(pipe, shas):
-            for name in claimed:
-                pipe.hset(self.app_key(namespace, name), "last_trigger", value)
-            for name in risk:
-                pipe.set(self.escalation_key(namespace, name), value, nx=True, ex=self.cooldown_seconds)
-
-        self._run(build)
+        units = [Unit((self.app_key(namespace, name),)) for name in claimed]
+        raise_first(self.runner.run(SETTLE, units, lambda _: [value]))
 
     def settle_failed(self, namespace, claimed, escalated, now, record):
         """After a failed delivery: give back the claims made at `now` and keep `record` for people to read."""
         value = str(int(now))
-        keys = [self.trigger_key(namespace, n) for n in claimed]
-        keys += [self.escalation_key(namespace, n) for n in escalated]
+        escalated = set(escalated)
+        units = [
+            Unit(
+                (self.trigger_key(namespace, name), self.escalation_key(namespace, name)),
+                (RELEASE_ESCALATION if name in escalated else RELEASE_BOTH,),
+            )
+            for name in [*claimed, *escalated]
+        ]
+        units.append(Unit((self.failed_key(namespace),), (_record_json(record),), ITEM))
 
-        def build(pipe, shas):
-            for key in keys:
-                _evalsha(pipe, shas["release"], (key,), value)
-            pipe.lpush(self.failed_key(namespace), _record_json(record))
-            pipe.ltrim(self.failed_key(namespace), 0, FAILED_KEEP - 1)
+        def header(subset):
+            return [value, sum(unit.kind == ROW for unit in subset)]
 
-        self._run(build)
+        raise_first(self.runner.run(RELEASE, units, header))
 
     def failed_triggers(self, namespace, limit=FAILED_KEEP):
         """The records of failed deliveries, newest first."""
         return [json.loads(raw) for raw in self.redis.lrange(self.failed_key(namespace), 0, limit - 1)]
 
-    def remove_failed(self, namespace, record):
-        """Drop one record, as failed_triggers returned it, from the failed list; True when it was there."""
-        return bool(self.redis.lrem(self.failed_key(namespace), 1, _record_json(record)))
-
     def running_windows(self, namespace, names):
         """{name: (claimed at, seconds left)} for the deployments of `names` whose cooldown window is claimed."""
-
-        def build(pipe, shas):
-            for name in names:
-                pipe.get(self.trigger_key(namespace, name))
-                pipe.pttl(self.trigger_key(namespace, name))
-
-        replies = self._run(build) if names else []
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.get(self.trigger_key(namespace, name))
+            pipe.pttl(self.trigger_key(namespace, name))
+        replies = pipe.execute() if names else []
         windows = {}
         for name, claimed_at, left_ms in zip(names, replies[::2], replies[1::2]):
             if claimed_at is not None and left_ms > 0:
                 windows[name] = (int(claimed_at), left_ms / 1000)
         return windows
 
-    def _queue_app_writes(self, pipe, shas, payload, ts_field, value_fields):
-        namespace, ts = payload["namespace"], encode(payload["timestamp"])
-        for row in payload["deployments"]:
-            args = [ts_field, ts]
-            for name in value_fields:
-                args += (name, encode(row[name]))
-            _evalsha(pipe, shas["save"], (self.app_key(namespace, row["name"]),), *args)
-
-    @staticmethod
-    def _collect(deployments, replies):
-        saved = SavedPayload()
-        for row, (written, flat) in zip(deployments, replies):
-            if written:
-                saved.states[row["name"]] = _hash_to_state(flat)
-            else:
-                saved.stale.append(row["name"])
-        return saved
-
-    def _run(self, build):
-        """Send what `build` queues in one pipeline; reload the Lua scripts once if Redis lost them."""
-        if self._shas is None:
-            self._load_scripts()
-        replies = self._execute(build)
-        if any(isinstance(reply, NoScriptError) for reply in replies):
-            # Redis restarted or flushed its script cache; the scripts are idempotent, so rerun.
-            self._load_scripts()
-            replies = self._execute(build)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
-
-    def _execute(self, build):
-        pipe = self.redis.pipeline(transaction=False)
-        build(pipe, self._shas)
-        return pipe.execute(raise_on_error=False)
-
-    def _load_scripts(self):
-        self._shas = {name: self.redis.script_load(body) for name, body in SCRIPTS.items()}
+    def remove_failed(self, namespace, record):
+        """Drop one record, as failed_triggers returned it, from the failed list; True when it was there."""
+        return bool(self.redis.lrem(self.failed_key(namespace), 1, _record_json(record)))
 
 
 def _record_json(record):
     """A failed-delivery record as the list stores it; LREM finds a record by this exact text."""
     return json.dumps(record, separators=(",", ":"))
-
-
-def _evalsha(pipe, sha, keys, *args):
-    # Through execute_command: redis-py's cluster pipeline blocks its evalsha() method, yet routes
-    # an EVALSHA by its keys (all in one slot here) like any other command.
-    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
 def _cluster(replies):

@@ -134,35 +134,39 @@ def free_cluster_port():
 
 
 class RedisClusterServers:
-    """Three redis-server nodes joined into a Redis Cluster with redis-cli, on loopback."""
+    """Redis Cluster nodes on loopback, joined with redis-cli: `size` primaries with `replicas` each.
 
-    def __init__(self, workdir, size=3):
+    `node_timeout_ms` is cluster-node-timeout: how long a silent primary takes to be failed over.
+    """
+
+    def __init__(self, workdir, size=3, replicas=0, node_timeout_ms=None):
         self.workdir = Path(workdir)
-        self.ports = [free_cluster_port() for _ in range(size)]
-        self.processes = []
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = [free_cluster_port() for _ in range(size * (1 + replicas))]
+        self.processes = {}
 
     @property
     def url(self):
         """A seed URL; the cluster client discovers the other nodes from it."""
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
+    def node(self, port):
+        """A plain client of one node."""
+        return redis.Redis(port=port, socket_timeout=1)
+
     def start(self):
-        """Start the nodes, create the cluster and wait until every slot is served."""
+        """Start the nodes, create the cluster and wait until every slot is served (and replicas synced)."""
+        extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        if self.node_timeout_ms:
+            extra += ["--cluster-node-timeout", str(self.node_timeout_ms)]
         for port in self.ports:
             node_dir = self.workdir / str(port)
             node_dir.mkdir(parents=True, exist_ok=True)
-            argv = redis_server_argv(
-                port, node_dir, extra=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-            )
-            self.processes.append(
-                subprocess.Popen(
-                    argv,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+            argv = redis_server_argv(port, node_dir, extra=extra)
+            self.processes[port] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in self.ports:
-            if not wait_until(redis.Redis(port=port, socket_timeout=1).ping):
+            if not wait_until(self.node(port).ping):
                 raise RuntimeError(f"cluster node on port {port} did not answer")
         subprocess.run(
             [
@@ -171,25 +175,60 @@ class RedisClusterServers:
                 "create",
                 *(f"127.0.0.1:{p}" for p in self.ports),
                 "--cluster-replicas",
-                "0",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             check=True,
             capture_output=True,
             timeout=60,
         )
-        for port in self.ports:
-            node = redis.Redis(port=port, socket_timeout=1)
-            if not wait_until(lambda node=node: node.cluster("info")["cluster_state"] == "ok", timeout=30):
-                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+        if not self.wait_ok(self.ports, timeout=30):
+            raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+        for port in self.replica_ports():
+            synced = wait_until(lambda port=port: self.node(port).info("replication")["master_link_status"] == "up")
+            if not synced:
+                raise RuntimeError(f"replica on port {port} did not sync")
         return self
+
+    def wait_ok(self, ports, timeout):
+        """Wait until every node of `ports` says cluster_state:ok; return whether they did."""
+        return wait_until(lambda: all(self.node(p).cluster("info")["cluster_state"] == "ok" for p in ports), timeout)
+
+    def wait_failover(self, killed, timeout):
+        """Wait until another node serves the slots of the killed primary and the cluster is ok again."""
+
+        def done():
+            survivors = self.live_ports()
+            served_by = {entry[2][1] for entry in self.node(survivors[0]).cluster("slots")}
+            return killed not in served_by and all(
+                self.node(p).cluster("info")["cluster_state"] == "ok" for p in survivors
+            )
+
+        return wait_until(done, timeout)
+
+    def primary_ports(self):
+        """The ports of the live nodes that are primaries now."""
+        return [p for p in self.live_ports() if self.node(p).info("replication")["role"] == "master"]
+
+    def replica_ports(self):
+        """The ports of the live nodes that are replicas now."""
+        return [p for p in self.live_ports() if self.node(p).info("replication")["role"] == "slave"]
+
+    def live_ports(self):
+        """The ports of the nodes still running."""
+        return [port for port, process in self.processes.items() if process.poll() is None]
+
+    def kill(self, port):
+        """Kill one node outright (SIGKILL), as a crash would."""
+        self.processes[port].kill()
+        self.processes[port].wait(timeout=10)
 
     def stop(self):
         """Stop every node."""
-        for process in self.processes:
+        for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
-        for process in self.processes:
+        for process in self.processes.values():
             process.wait(timeout=10)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from cost_service import create_app as create_cost_app
 from forecast_service import create_app as create_forecast_app
+from shared.state import StateRepository
 from tests.support import ROOT, free_port
 
 FAILED = "triggers:default:failed"
@@ -165,7 +166,7 @@ def test_an_escalation_is_redelivered_into_its_window_once(
     receiver.status = 503
     body = forecast.post("/metrics/forecast", json=forecast_payload, headers=forecast_headers).json
     assert body["delivery"] == "failed" and body["triggered"] == ["adservice"]
-    assert not redis_client.exists("trigger:default:adservice:escalation")
+    assert not redis_client.exists(StateRepository.escalation_key("default", "adservice"))
 
     receiver.status = 202
     runner = cost.test_cli_runner()
@@ -173,7 +174,7 @@ def test_an_escalation_is_redelivered_into_its_window_once(
     [item] = receiver.messages[-1]["triggers"]
     assert item["escalation"] is True and item["reasons"][0]["rule"] == "predicted_cpu_spike"
     window = redis_client.ttl("trigger:default:adservice")
-    assert 0 < redis_client.ttl("trigger:default:adservice:escalation") <= window
+    assert 0 < redis_client.ttl(StateRepository.escalation_key("default", "adservice")) <= window
     # The escalation claim is held now: the same spike again is cooled down, not escalated twice.
     receiver.status = 202
     again = forecast.post("/metrics/forecast", json=forecast_payload, headers=forecast_headers).json

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -13,7 +14,7 @@ from cost_service import create_app as create_cost_app
 from devtools.agent_receiver import AgentReceiver
 from forecast_service import create_app as create_forecast_app
 from tests.conftest import COST_TOKEN
-from tests.support import ROOT, GunicornService
+from tests.support import ROOT, GunicornService, wait_until
 
 SECRET = "whsec_dHJpZ2dlci10ZXN0LXNpZ25pbmcta2V5LTAx"
 
@@ -93,7 +94,39 @@ def test_risk_escalates_a_window_opened_by_waste_once(
     assert again["triggered"] == [] and again["cooldown"] == ["adservice"]
     assert len(receiver.messages) == 2
     window = redis_client.ttl("trigger:default:adservice")
-    assert 0 < redis_client.ttl("trigger:default:adservice:escalation") <= window
+    assert 0 < redis_client.ttl("{trigger:default:adservice}:escalation") <= window
+
+
+def test_risk_inside_a_window_still_in_flight_is_escalated_exactly_once(
+    base_config, cost_headers, forecast_headers, cost_payload, forecast_payload, receiver, redis_client
+):
+    config = {**base_config, "AGENT_WEBHOOK_BUDGET_SECONDS": "3"}
+    cost_app, forecast_app = create_cost_app(config), create_forecast_app(config)
+    spike = forecast_peak(forecast_payload, 1.9)
+    receiver.delay = 1.0  # the agent holds every delivery open for a second
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        waste = pool.submit(cost_app.test_client().post, "/metrics/cost", json=cost_payload, headers=cost_headers)
+        # The waste window is claimed, and its trigger not yet answered (no last_trigger).
+        assert wait_until(lambda: redis_client.exists("trigger:default:adservice"), timeout=5)
+        assert redis_client.hget("app:default:adservice", "last_trigger") is None
+        risks = [
+            pool.submit(forecast_app.test_client().post, "/metrics/forecast", json=spike, headers=forecast_headers)
+            for _ in range(4)
+        ]
+        assert wait_until(lambda: redis_client.exists("{trigger:default:adservice}:escalation"), timeout=5)
+        # Escalated while the waste trigger was still in flight: its delivery is not settled yet.
+        assert redis_client.hget("app:default:adservice", "last_trigger") is None
+        bodies = [future.result().json for future in risks]
+        assert waste.result().json["triggered"] == ["adservice"]
+    assert sorted(len(body["triggered"]) for body in bodies) == [0, 0, 0, 1]
+    assert all(body["delivery"] in ("ok", "none") for body in bodies)
+    escalations = [item for message in receiver.messages for item in message["triggers"] if item.get("escalation")]
+    assert [item["reasons"][0]["rule"] for item in escalations] == ["predicted_cpu_spike"]
+    assert len(receiver.messages) == 2
+    # Settled now: a later spike inside the same window is held.
+    receiver.delay = 0
+    later = forecast_app.test_client().post("/metrics/forecast", json=spike, headers=forecast_headers).json
+    assert later["triggered"] == [] and later["cooldown"] == ["adservice"]
 
 
 def test_a_window_opened_by_risk_is_not_escalated(
@@ -122,7 +155,7 @@ def test_failed_escalation_is_released(
     receiver.status = 500
     spike = forecast_peak(forecast_payload, 1.9)
     assert forecast.post("/metrics/forecast", json=spike, headers=forecast_headers).json["delivery"] == "failed"
-    assert not redis_client.exists("trigger:default:adservice:escalation")
+    assert not redis_client.exists("{trigger:default:adservice}:escalation")
     assert redis_client.exists("trigger:default:adservice")  # the waste window itself was delivered and stays
     receiver.status = 202
     assert forecast.post("/metrics/forecast", json=spike, headers=forecast_headers).json["delivery"] == "ok"

@@ -118,3 +118,24 @@ def test_more_bad_settings_name_the_variable(overrides, named):
 
 def test_memory_rules_flag():
     assert settings(MEMORY_RULES="true").thresholds.memory_rules is True
+
+
+def test_cluster_seed_nodes():
+    parsed = settings(REDIS_CLUSTER="true", REDIS_CLUSTER_NODES=" redis-1:6379, [::1]:7000 ,")
+    assert parsed.redis_cluster_nodes == (("redis-1", 6379), ("::1", 7000))
+    assert settings().redis_cluster_nodes == ()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"REDIS_CLUSTER": "true", "REDIS_CLUSTER_NODES": "redis-1"},
+        {"REDIS_CLUSTER": "true", "REDIS_CLUSTER_NODES": "redis-1:0"},
+        {"REDIS_CLUSTER": "true", "REDIS_CLUSTER_NODES": "redis-1:6379,:6379"},
+        {"REDIS_CLUSTER": "true", "REDIS_CLUSTER_NODES": "redis-1:port"},
+        {"REDIS_CLUSTER_NODES": "redis-1:6379"},  # seeds of a cluster, without the cluster
+    ],
+)
+def test_bad_cluster_seed_nodes_are_refused_by_name(overrides):
+    with pytest.raises(ConfigError, match="REDIS_CLUSTER_NODES"):
+        settings(**overrides)

@@ -1,4 +1,6 @@
 import pytest
+import redis
+from redis.crc import key_slot
 
 from shared.state import StateRepository
 
@@ -102,25 +104,46 @@ def test_cluster_totals_are_not_rolled_back(repo, redis_client):
 
 
 def test_claim_is_exclusive_and_expires_with_the_cooldown(repo, redis_client):
-    assert repo.claim(NS, ["a", "b"], {}, now=1000.7) == (["a", "b"], [])
-    assert repo.claim(NS, ["a", "c"], {}, now=1001) == (["c"], [])
+    assert repo.claim(NS, ["a", "b"], set(), now=1000.7) == (["a", "b"], [])
+    assert repo.claim(NS, ["a", "c"], set(), now=1001) == (["c"], [])
     assert redis_client.get("trigger:default:a") == b"1000"
     assert 1790 < redis_client.ttl("trigger:default:a") <= 1800
+    assert not redis_client.exists("{trigger:default:a}:escalation")
 
 
-def test_escalation_is_claimed_once_and_lives_as_long_as_its_window(repo, redis_client):
-    assert repo.claim(NS, [], {"a": 120.4}, now=1000) == ([], ["a"])
-    assert repo.claim(NS, ["b"], {"a": 100}, now=1001) == (["b"], [])
-    assert 115 < redis_client.ttl("trigger:default:a:escalation") <= 121
+def test_risk_inside_a_window_is_escalated_once_and_lives_as_long_as_its_window(repo, redis_client):
+    assert repo.claim(NS, ["a"], set(), now=1000) == (["a"], [])
+    redis_client.expire("trigger:default:a", 120)
+    assert repo.claim(NS, ["a", "b"], {"a"}, now=1001) == (["b"], ["a"])
+    assert repo.claim(NS, ["a"], {"a"}, now=1002) == ([], [])
+    assert 115 < redis_client.ttl("{trigger:default:a}:escalation") <= 120
+
+
+def test_a_window_opened_by_a_risk_rule_is_not_escalated_again(repo, redis_client):
+    assert repo.claim(NS, ["a"], {"a"}, now=1000) == (["a"], [])
+    assert redis_client.get("{trigger:default:a}:escalation") == b"1000"
+    assert repo.claim(NS, ["a"], {"a"}, now=1001) == ([], [])
+
+
+def test_escalation_key_shares_the_cooldown_key_slot():
+    from redis.crc import key_slot
+
+    window = StateRepository.trigger_key("default", "adservice")
+    escalation = StateRepository.escalation_key("default", "adservice")
+    assert escalation == "{trigger:default:adservice}:escalation"
+    assert key_slot(escalation.encode()) == key_slot(window.encode())
 
 
 def test_failed_delivery_releases_only_our_own_claims_and_is_kept(repo, redis_client):
-    repo.claim(NS, ["a", "b"], {"c": 60}, now=1000)
+    repo.claim(NS, ["a", "b"], {"a"}, now=1000)
+    repo.claim(NS, ["c"], set(), now=990)
+    assert repo.claim(NS, ["c"], {"c"}, now=1000) == ([], ["c"])
     redis_client.set("trigger:default:b", "999")  # somebody else's claim by now
     repo.settle_failed(NS, ["a", "b"], ["c"], now=1000, record={"error": "HTTP 500", "message": {"n": 1}})
-    assert not redis_client.exists("trigger:default:a")
+    assert not redis_client.exists("trigger:default:a", "{trigger:default:a}:escalation")
     assert redis_client.get("trigger:default:b") == b"999"
-    assert not redis_client.exists("trigger:default:c:escalation")
+    assert not redis_client.exists("{trigger:default:c}:escalation")
+    assert redis_client.get("trigger:default:c") == b"990"  # the window we escalated is not ours
     assert repo.failed_triggers(NS) == [{"error": "HTTP 500", "message": {"n": 1}}]
 
 
@@ -131,12 +154,11 @@ def test_failed_list_is_capped_newest_first(repo, redis_client):
     assert [r["i"] for r in repo.failed_triggers(NS, limit=2)] == [1002, 1001]
 
 
-def test_delivery_sets_last_trigger_and_marks_risk_windows(repo, redis_client):
+def test_delivery_sets_last_trigger(repo, redis_client):
     repo.save_cost(cost(100, ("a", 1.0, 0.1), ("b", 1.0, 0.99)))
-    repo.settle_delivered(NS, ["a", "b"], ["b"], now=5000.9)
+    repo.settle_delivered(NS, ["a", "b"], now=5000.9)
     assert stored(redis_client, "app:default:a")["last_trigger"] == "5000"
-    assert not redis_client.exists("trigger:default:a:escalation")
-    assert redis_client.get("trigger:default:b:escalation") == b"5000"
+    assert stored(redis_client, "app:default:b")["last_trigger"] == "5000"
 
 
 def test_cluster_totals_include_the_requested_cpu(repo, redis_client):
@@ -158,15 +180,47 @@ def test_scripts_are_reloaded_after_redis_forgets_them(repo, redis_client):
     assert saved.states["a"]["pred_cpu_peak"] == 0.5
 
 
-def test_round_trips_do_not_grow_with_the_payload(repo, redis_client, mocker):
-    repo.save_cost(cost(1, ("warm", 1.0, 1.0)))  # loads the scripts once
-    executes = mocker.spy(type(redis_client.pipeline()), "execute")
-    repo.save_cost(cost(2, ("a", 1.0, 0.1)))
-    small = executes.call_count
-    repo.save_cost(cost(3, *[(f"app-{i}", 1.0, 0.1) for i in range(500)]))
-    assert executes.call_count - small == small == 1
-    repo.claim(NS, [f"app-{i}" for i in range(500)], {f"app-{i}": 60 for i in range(500, 900)}, now=10)
-    assert executes.call_count == 3
+def _nodes(redis_client):
+    """A client per primary: the one server, or each primary of the cluster."""
+    if isinstance(redis_client, redis.RedisCluster):
+        return [redis_client.get_redis_connection(node) for node in redis_client.get_primaries()]
+    return [redis_client]
+
+
+def _client_calls(nodes):
+    """Per node, the calls of the commands a client sends itself (script calls' inner commands aside)."""
+    counted = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_command", "cmdstat_cluster", "cmdstat_script")
+    return [
+        {name: stats["calls"] for name, stats in node.info("commandstats").items() if name in counted} for node in nodes
+    ]
+
+
+@pytest.mark.parametrize("size", [2, 500])
+def test_each_step_is_one_script_call_per_node_whatever_the_payload(repo, redis_client, size):
+    names = [f"app-{i}" for i in range(size)]
+    rows = [(name, 1.0, 0.1) for name in names]
+    nodes = _nodes(redis_client)
+    steps = (
+        lambda: repo.save_cost(cost(2, *rows)),
+        lambda: repo.save_forecast(forecast(2, *[(name, 0.5) for name in names])),
+        lambda: repo.claim(NS, names, set(names[::2]), now=10),
+        lambda: repo.settle_delivered(NS, names, now=10),
+        lambda: repo.settle_failed(NS, names, [], now=10, record={"n": size}),
+    )
+    for step in steps:
+        step()  # the first call of a script on a node loads it there (EVAL)
+    for step in steps:
+        for node in nodes:
+            node.config_resetstat()
+        step()
+        calls = _client_calls(nodes)
+        # One EVALSHA on each node that serves some of the keys (at most every primary), and
+        # nothing else: no COMMAND GETKEYS, no slot map reads, no SCRIPT LOAD.
+        assert all(set(node_calls) <= {"cmdstat_evalsha"} for node_calls in calls), calls
+        per_node = [node_calls.get("cmdstat_evalsha", 0) for node_calls in calls]
+        assert max(per_node) == 1 and 1 <= sum(per_node) <= len(nodes)
+        if size == 500:
+            assert sum(per_node) == len(nodes)  # 500 deployments' keys reach every node
 
 
 def test_cluster_timestamp_keys_share_a_slot_with_the_keys_they_guard():
@@ -178,7 +232,7 @@ def test_cluster_timestamp_keys_share_a_slot_with_the_keys_they_guard():
 
 
 def test_running_windows_say_when_each_was_claimed_and_how_long_is_left(repo):
-    repo.claim(NS, ["a"], {}, now=1000)
+    repo.claim(NS, ["a"], set(), now=1000)
     windows = repo.running_windows(NS, ["a", "b"])
     assert list(windows) == ["a"]
     claimed_at, left = windows["a"]
@@ -192,3 +246,81 @@ def test_a_kept_record_is_removed_by_its_content(repo):
     assert repo.remove_failed(NS, repo.failed_triggers(NS)[1]) is True
     assert repo.failed_triggers(NS) == [second]
     assert repo.remove_failed(NS, first) is False
+
+
+def test_a_claim_refused_on_one_node_leaves_no_claim_held_anywhere(repo, redis_client):
+    names = [f"app-{i}" for i in range(50)]
+    nodes = _nodes(redis_client)
+    full = nodes[-1]  # on a cluster, the other nodes take their share of the claims
+    full.config_set("maxmemory-policy", "noeviction")
+    full.config_set("maxmemory", "1")  # whatever is stored is over the limit: every write is refused
+    try:
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            repo.claim(NS, names, set(names[::3]), now=1000)
+    finally:
+        full.config_set("maxmemory", "0")
+    held = [key for node in nodes for key in node.keys("*trigger*")]
+    assert held == []
+    assert repo.claim(NS, names, set(), now=1001) == (names, [])
+
+
+@pytest.mark.cluster
+def test_a_slot_moved_since_the_map_was_read_is_followed_key_by_key(redis_cluster):
+    client = redis.RedisCluster.from_url(redis_cluster.url)
+    client.flushall()
+    repo = StateRepository(client, cooldown_seconds=1800)
+    repo.save_cost(cost(100, ("a", 1.0, 0.1)))  # the client has read the slot map by now
+    slot = key_slot(b"app:default:moved")
+    source = client.nodes_manager.get_node_from_slot(slot)
+    target = next(node for node in client.get_primaries() if node.name != source.name)
+    node_ids = {node.name: client.get_redis_connection(node).cluster("myid") for node in client.get_primaries()}
+
+    def assign(node):
+        for primary in client.get_primaries():
+            client.get_redis_connection(primary).execute_command(
+                "CLUSTER", "SETSLOT", slot, "NODE", node_ids[node.name]
+            )
+
+    assign(target)  # the slot is empty, so it can move without MIGRATE; our map still names `source`
+    try:
+        saved = repo.save_cost(cost(200, *[(f"app-{i}", 1.0, 0.1) for i in range(30)], ("moved", 2.0, 0.5)))
+        assert saved.states["moved"]["req_cpu"] == 2.0 and saved.stale == []
+        assert client.get_redis_connection(target).hget("app:default:moved", "req_cpu") == b"2.0"
+        assert client.nodes_manager.get_node_from_slot(slot).name == target.name  # the map was read again
+    finally:
+        client.delete("app:default:moved")
+        assign(source)
+        client.nodes_manager.initialize()
+        client.flushall()
+        client.close()
+
+
+@pytest.mark.cluster
+def test_a_claim_meeting_a_moved_slot_still_wins_every_window(redis_cluster):
+    client = redis.RedisCluster.from_url(redis_cluster.url)
+    client.flushall()
+    repo = StateRepository(client, cooldown_seconds=1800)
+    repo.claim(NS, ["warm"], set(), now=1)  # the client has read the slot map by now
+    names = [f"app-{i}" for i in range(60)]
+    moved = names[-1]
+    slot = key_slot(f"trigger:default:{moved}".encode())
+    source = client.nodes_manager.get_node_from_slot(slot)
+    target = next(node for node in client.get_primaries() if node.name != source.name)
+    node_ids = {node.name: client.get_redis_connection(node).cluster("myid") for node in client.get_primaries()}
+
+    def assign(node):
+        for primary in client.get_primaries():
+            client.get_redis_connection(primary).execute_command(
+                "CLUSTER", "SETSLOT", slot, "NODE", node_ids[node.name]
+            )
+
+    assign(target)
+    try:
+        # Claims of the moved slot's node come after others in its group: none may be lost.
+        assert repo.claim(NS, names, set(), now=1000) == (names, [])
+    finally:
+        client.delete(f"trigger:default:{moved}")
+        assign(source)
+        client.nodes_manager.initialize()
+        client.flushall()
+        client.close()

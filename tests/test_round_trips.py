@@ -1,0 +1,89 @@
+"""Round trips to Redis per ingest request: a constant, whatever the number of deployments."""
+
+import pytest
+import redis
+
+from bench.redis_proxy import CountingProxy
+from cost_service import create_app as create_cost_app
+from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
+
+
+def cost_body(size, timestamp="2026-01-01T00:00:00Z"):
+    """A cost payload whose deployments all waste most of their CPU (cpu_waste fires)."""
+    return {
+        "source": "cost-engine",
+        "timestamp": timestamp,
+        "namespace": "default",
+        "cluster_totals": {"vm_count": 3, "current_hourly_cost_gbp": 1.25},
+        "deployments": [
+            {
+                "name": f"app-{i}",
+                "current_requests": {"cpu_cores": 2.0, "memory_mb": 4096},
+                "current_usage": {"cpu_cores": 0.4, "memory_mb": 1024},
+            }
+            for i in range(size)
+        ],
+    }
+
+
+def make_app(url, cluster, receiver):
+    return create_cost_app(
+        {
+            "REDIS_URL": url,
+            "REDIS_CLUSTER": "true" if cluster else "false",
+            "AGENT_WEBHOOK_URL": receiver.url,
+            "COST_ENGINE_TOKEN": COST_TOKEN,
+            "FORECAST_TOKEN": FORECAST_TOKEN,
+            "MAX_DEPLOYMENTS": "5000",
+        }
+    ).test_client()
+
+
+@pytest.mark.parametrize("size", [2, 500])
+def test_round_trips_per_request_on_one_redis(redis_server, redis_client, receiver, size):
+    proxy = CountingProxy(redis_server.port).start()
+    try:
+        client = make_app(proxy.url, False, receiver)
+        first = client.post("/metrics/cost", json=cost_body(size), headers=auth(COST_TOKEN)).json
+        assert len(first["triggered"]) == size and first["delivery"] == "ok"
+        before = proxy.counts()
+        again = client.post("/metrics/cost", json=cost_body(size, "2026-01-01T00:05:00Z"), headers=auth(COST_TOKEN))
+        assert len(again.json["cooldown"]) == size
+        commands, trips = (after - start for after, start in zip(proxy.counts(), before))
+        assert (commands, trips) == (1, 1)  # steady state: the one store script
+        redis_client.delete(*[f"trigger:default:app-{i}" for i in range(size)])
+        redis_client.hdel("app:default:app-0", "last_trigger")
+        before = proxy.counts()
+        fired = client.post("/metrics/cost", json=cost_body(size, "2026-01-01T00:10:00Z"), headers=auth(COST_TOKEN))
+        assert fired.json["triggered"] == ["app-0"]
+        commands, trips = (after - start for after, start in zip(proxy.counts(), before))
+        assert (commands, trips) == (3, 3)  # store, claim, settle
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("size", [2, 500])
+def test_script_calls_per_request_on_a_cluster(redis_cluster, receiver, size):
+    seed = redis.RedisCluster.from_url(redis_cluster.url)
+    seed.flushall()
+    nodes = [seed.get_redis_connection(node) for node in seed.get_primaries()]
+    client = make_app(redis_cluster.url, True, receiver)
+    assert client.post("/metrics/cost", json=cost_body(size), headers=auth(COST_TOKEN)).status_code == 201
+    seed.delete(*[f"trigger:default:app-{i}" for i in range(size)])
+    for i in range(size):
+        seed.hdel(f"app:default:app-{i}", "last_trigger")
+    for node in nodes:
+        node.config_resetstat()
+    fired = client.post("/metrics/cost", json=cost_body(size, "2026-01-01T00:05:00Z"), headers=auth(COST_TOKEN)).json
+    assert len(fired["triggered"]) == size and fired["delivery"] == "ok"
+    stats = [node.info("commandstats") for node in nodes]
+    seed.flushall()
+    seed.close()
+    # Store, claim and settle: one EVALSHA each on every node serving some of the keys, all sent
+    # before any reply is read; no COMMAND GETKEYS, no slot map reads, no script loading.
+    assert not [name for s in stats for name in s if name in ("cmdstat_command", "cmdstat_cluster", "cmdstat_eval")]
+    calls = [s.get("cmdstat_evalsha", {"calls": 0})["calls"] for s in stats]
+    assert max(calls) <= 3 and 3 <= sum(calls) <= 3 * len(nodes)
+    if size == 500:
+        assert calls == [3] * len(nodes)
