@@ -2,8 +2,8 @@
 
 import time
 import uuid
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from shared.ingest import failed_record
 
