@@ -14,6 +14,11 @@ Keys (their names are a contract: other systems read them):
   the same slot as the key it guards, so one script can check and write the pair.
 - ``cluster:{namespace}:req_cpu_total``: CPU cores requested by all deployments of that payload,
   the denominator of the CPU price; guarded by ``{cluster:{namespace}:req_cpu_total}:timestamp``.
+- ``cluster:{namespace}:req_mem_total``: memory (MiB) requested by the same deployments, the
+  memory share of the price; guarded by ``{cluster:{namespace}:req_mem_total}:timestamp``.
+- ``{app:{namespace}:{name}}:history`` hash: the deployment's usage history (fields listed in
+  shared/history.py), hash-tagged into its app key's slot and updated by the same script that
+  stores a cost sample; expires 8 days after its last sample.
 - ``trigger:{namespace}:{name}``: Unix seconds of the last trigger claim; expires after the
   cooldown. Setting it (``SET NX EX``) is what claims a deployment's cooldown window.
 - ``trigger:{namespace}:{name}:escalation``: set when a risk rule has been sent inside the current
@@ -21,7 +26,7 @@ Keys (their names are a contract: other systems read them):
 - ``triggers:{namespace}:failed``: list of JSON records of deliveries that failed for good,
   newest first, capped at 1000 entries.
 
-Every atomic step touches one key (or a key and its hash-tagged timestamp), so the layout works
+Every atomic step touches one key (or a key and its hash-tagged companion), so the layout works
 unchanged on Redis Cluster, where ``app:`` and ``trigger:`` keys of one deployment live on
 different nodes. The Redis work of one request is a constant number of pipelined round trips,
 whatever the number of deployments.
@@ -33,7 +38,10 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import NoScriptError
 
-CLUSTER_ITEMS = ("cost", "vm_count", "req_cpu_total")
+from shared.history import RECORD_USAGE_LUA, decode_history
+
+CLUSTER_ITEMS = ("cost", "vm_count", "req_cpu_total", "req_mem_total")
+DEFAULT_HALF_LIFE_SECONDS = 24 * 3600
 FAILED_KEEP = 1000
 COST_FIELDS = ("req_cpu", "req_mem", "usage_cpu_curr", "usage_mem_curr")
 FORECAST_FIELDS = ("pred_cpu_peak", "pred_mem_peak")
@@ -45,15 +53,26 @@ FIELD_NAMES = {
 
 # Per deployment: write the payload's fields unless the stored data from the same source is
 # newer, then return the whole hash, so rules always see what is stored after the write.
-SAVE_APP_FIELDS = """
+# ARGV: the timestamp field, the timestamp, then field/value pairs. A cost save also names the
+# history key (KEYS[2]) and ends ARGV with usage CPU, usage memory and the half-life in seconds.
+SAVE_APP_FIELDS = (
+    RECORD_USAGE_LUA
+    + """
+local fields_end = #ARGV
+if KEYS[2] then fields_end = fields_end - 3 end
 local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 local written = 0
 if not stored or stored <= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], unpack(ARGV, 3))
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], unpack(ARGV, 3, fields_end))
   written = 1
+  if KEYS[2] then
+    local u = fields_end + 1
+    record_usage(KEYS[2], tonumber(ARGV[2]), ARGV[2], tonumber(ARGV[u]), ARGV[u + 1], tonumber(ARGV[u + 2]))
+  end
 end
 return {written, redis.call('HGETALL', KEYS[1])}
 """
+)
 
 # Set a cluster value (KEYS[1]) unless its timestamp key (KEYS[2], same slot) holds a newer
 # payload's time; return the value stored afterwards.
@@ -105,9 +124,10 @@ class SavedPayload:
 class StateRepository:
     """Reads and writes aggregator state in Redis; see the module docstring for the keys."""
 
-    def __init__(self, redis, cooldown_seconds):
+    def __init__(self, redis, cooldown_seconds, history_half_life_seconds=DEFAULT_HALF_LIFE_SECONDS):
         self.redis = redis
         self.cooldown_seconds = cooldown_seconds
+        self.history_half_life_seconds = history_half_life_seconds
         self._shas = None
 
     # Key names live here and nowhere else.
@@ -115,6 +135,11 @@ class StateRepository:
     def app_key(namespace, name):
         """The hash holding one deployment's merged state."""
         return f"app:{namespace}:{name}"
+
+    @classmethod
+    def history_key(cls, namespace, name):
+        """The usage history of one deployment, hash-tagged into the slot of its app key."""
+        return f"{{{cls.app_key(namespace, name)}}}:history"
 
     @staticmethod
     def trigger_key(namespace, name):
@@ -133,7 +158,7 @@ class StateRepository:
 
     @staticmethod
     def cluster_key(namespace, item):
-        """One of the cluster-wide keys: cost, vm_count or req_cpu_total."""
+        """One of the cluster-wide keys: cost, vm_count, req_cpu_total or req_mem_total."""
         return f"cluster:{namespace}:{item}"
 
     @classmethod
@@ -152,10 +177,11 @@ class StateRepository:
             "cost": payload["cluster_totals"]["current_hourly_cost_gbp"],
             "vm_count": payload["cluster_totals"]["vm_count"],
             "req_cpu_total": sum(row["req_cpu"] for row in payload["deployments"]),
+            "req_mem_total": sum(row["req_mem"] for row in payload["deployments"]),
         }
 
         def build(pipe, shas):
-            self._queue_app_writes(pipe, shas, payload, "cost_timestamp", COST_FIELDS)
+            self._queue_app_writes(pipe, shas, payload, "cost_timestamp", COST_FIELDS, history=True)
             for item in CLUSTER_ITEMS:
                 keys = (self.cluster_key(namespace, item), self.cluster_timestamp_key(namespace, item))
                 _evalsha(pipe, shas["set_if_newer"], keys, ts, encode(totals[item]))
@@ -178,6 +204,16 @@ class StateRepository:
         saved = self._collect(payload["deployments"], replies)
         saved.cluster = _cluster(replies[-len(CLUSTER_ITEMS) :])
         return saved
+
+    def histories(self, namespace, names):
+        """The decoded usage history of each of `names` ({name: History}); one round trip."""
+
+        def build(pipe, shas):
+            for name in names:
+                pipe.hgetall(self.history_key(namespace, name))
+
+        replies = self._run(build) if names else []
+        return {name: decode_history(flat) for name, flat in zip(names, replies)}
 
     def claim(self, namespace, names, escalations, now):
         """Claim cooldown windows for `names` and escalations for `escalations` ({name: seconds}).
@@ -229,13 +265,18 @@ class StateRepository:
         """The records of failed deliveries, newest first."""
         return [json.loads(raw) for raw in self.redis.lrange(self.failed_key(namespace), 0, limit - 1)]
 
-    def _queue_app_writes(self, pipe, shas, payload, ts_field, value_fields):
+    def _queue_app_writes(self, pipe, shas, payload, ts_field, value_fields, history=False):
         namespace, ts = payload["namespace"], encode(payload["timestamp"])
+        half_life = encode(self.history_half_life_seconds)
         for row in payload["deployments"]:
+            keys = [self.app_key(namespace, row["name"])]
             args = [ts_field, ts]
             for name in value_fields:
                 args += (name, encode(row[name]))
-            _evalsha(pipe, shas["save"], (self.app_key(namespace, row["name"]),), *args)
+            if history:
+                keys.append(self.history_key(namespace, row["name"]))
+                args += (encode(row["usage_cpu_curr"]), encode(row["usage_mem_curr"]), half_life)
+            _evalsha(pipe, shas["save"], keys, *args)
 
     @staticmethod
     def _collect(deployments, replies):
@@ -278,5 +319,10 @@ def _evalsha(pipe, sha, keys, *args):
 
 def _cluster(replies):
     """The stored cluster totals (None where no cost payload has set them yet)."""
-    cost, vm_count, req_cpu_total = (None if raw is None else decode(raw) for raw in replies)
-    return {"hourly_cost_gbp": cost, "vm_count": vm_count, "req_cpu_total": req_cpu_total}
+    cost, vm_count, req_cpu_total, req_mem_total = (None if raw is None else decode(raw) for raw in replies)
+    return {
+        "hourly_cost_gbp": cost,
+        "vm_count": vm_count,
+        "req_cpu_total": req_cpu_total,
+        "req_mem_total": req_mem_total,
+    }
