@@ -11,9 +11,9 @@ memory is sized from peaks, never from a percentile of samples.
 The history hash (its key is named by StateRepository.history_key) holds:
 ``last_sample``, ``first_sample`` (Unix seconds of the newest and oldest sample counted),
 ``samples`` (distinct samples counted), ``reference`` (Unix seconds the weights are relative
-to), ``buckets`` (how many ``cpu:<i>`` fields exist), ``cpu:<i>`` (integer weight of CPU bucket
-i), ``mem_day:<s>`` and ``mem_peak:<s>`` (slot s = day % 8: the UTC day number, days since the
-epoch, and the peak memory in MiB seen that day).
+to), ``cpu:<i>`` (integer weight of CPU bucket i), ``mem_day:<s>`` and ``mem_peak:<s>``
+(slot s = day % 8: the UTC day number, days since the epoch, and the peak memory in MiB seen
+that day).
 """
 
 import math
@@ -25,9 +25,10 @@ BUCKET_GROWTH = 0.05
 WEIGHT_SCALE = 1024
 # Weights are rescaled past 2^20 so that a bucket's sum stays exact in Lua's doubles (< 2^53).
 MAX_DECAY_EXPONENT = 20
-# With the 21 other fields, 96 buckets keep the hash under Redis's default hash-max-listpack-entries
-# (128), the compact encoding that keeps a history under 4 KiB.
-MAX_BUCKETS = 96
+# A new bucket that takes the hash past this many fields merges another away. Memory windows
+# filled later add at most 14 more, so the hash stays within Redis's default
+# hash-max-listpack-entries (128): the compact encoding that holds a history under 4 KiB.
+MAX_FIELDS = 112
 MEMORY_WINDOWS = 8
 WINDOW_SECONDS = 24 * 3600
 # The key outlives its last sample by the memory windows' span.
@@ -40,46 +41,37 @@ MIN_HISTORY_HOURS = 24
 
 # record_usage(key, ts, ts_raw, cpu, mem_raw, half_life): count one cost sample in the history hash
 # `key`, unless a sample at least as new was counted already. ts_raw and mem_raw are the strings
-# as received, stored as they are. Returns 1 when counted, 0 when not. Kept to three redis.call
-# per sample (HMGET, HSET, EXPIRE); HGETALL only when the weights are rescaled (every 20
-# half-lives) or a bucket must be merged away.
+# as received, stored as they are. Returns 1 when counted, 0 when not. A sample costs two
+# redis.call (HMGET, HSET); the rest runs only on a key's first sample, the first sample of an
+# hour (EXPIRE), a new bucket (HLEN), a rescale (every 20 half-lives) or a merge.
 RECORD_USAGE_LUA = f"""
 local function record_usage(key, ts, ts_raw, cpu, mem_raw, half_life)
   local bucket = 0
   if cpu >= {FIRST_BUCKET_CORES} then
-    bucket = math.floor(math.log(cpu * {BUCKET_GROWTH / FIRST_BUCKET_CORES:g} + 1) / math.log({1 + BUCKET_GROWTH}))
+    bucket = math.floor(math.log(cpu * {BUCKET_GROWTH / FIRST_BUCKET_CORES:g} + 1) / {math.log(1 + BUCKET_GROWTH)!r})
   end
   local day = math.floor(ts / {WINDOW_SECONDS})
   local slot = day % {MEMORY_WINDOWS}
   local cpu_field = 'cpu:' .. bucket
-  local h = redis.call('HMGET', key, 'last_sample', 'reference', 'samples', 'buckets',
-    cpu_field, 'mem_day:' .. slot, 'mem_peak:' .. slot)
+  local h = redis.call('HMGET', key, 'last_sample', 'reference', 'samples', cpu_field, 'mem_day:' .. slot,
+    'mem_peak:' .. slot)
   local last = tonumber(h[1])
   if last and ts <= last then
     return 0
   end
-  local reference = tonumber(h[2]) or ts
-  local count = tonumber(h[4]) or 0
-  local current = tonumber(h[5])
-  local out = {{'last_sample', ts_raw, 'samples', (tonumber(h[3]) or 0) + 1}}
-  if not last then
-    out[#out + 1] = 'first_sample'
-    out[#out + 1] = ts_raw
-  end
-  local exponent = (ts - reference) / half_life
-  if not h[2] then
-    out[#out + 1] = 'reference'
-    out[#out + 1] = ts_raw
-  elseif exponent > {MAX_DECAY_EXPONENT} then
-    local factor = 2 ^ exponent
+  local reference = tonumber(h[2])
+  local current = tonumber(h[4])
+  if not reference then
+    reference = ts
+    redis.call('HSET', key, 'first_sample', ts_raw, 'reference', ts_raw)
+  elseif (ts - reference) / half_life > {MAX_DECAY_EXPONENT} then
+    local factor = 2 ^ ((ts - reference) / half_life)
     local all = redis.call('HGETALL', key)
-    count = 0
     for i = 1, #all, 2 do
       if string.sub(all[i], 1, 4) == 'cpu:' then
         local w = math.floor(tonumber(all[i + 1]) / factor)
         if w > 0 then
           redis.call('HSET', key, all[i], w)
-          count = count + 1
         else
           redis.call('HDEL', key, all[i])
         end
@@ -87,21 +79,21 @@ local function record_usage(key, ts, ts_raw, cpu, mem_raw, half_life)
     end
     current = tonumber(redis.call('HGET', key, cpu_field))
     reference = ts
-    exponent = 0
-    out[#out + 1] = 'reference'
-    out[#out + 1] = ts_raw
+    redis.call('HSET', key, 'reference', ts_raw)
   end
-  local weight = math.floor({WEIGHT_SCALE} * 2 ^ exponent + 0.5)
-  if not current then
-    count = count + 1
-    current = 0
+  local weight = (current or 0) + math.floor({WEIGHT_SCALE} * 2 ^ ((ts - reference) / half_life) + 0.5)
+  local samples = (tonumber(h[3]) or 0) + 1
+  if tonumber(h[5]) ~= day then
+    redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight,
+      'mem_day:' .. slot, day, 'mem_peak:' .. slot, mem_raw)
+  elseif tonumber(mem_raw) > tonumber(h[6]) then
+    redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight, 'mem_peak:' .. slot, mem_raw)
+  else
+    redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight)
   end
-  out[#out + 1] = cpu_field
-  out[#out + 1] = current + weight
-  if count > {MAX_BUCKETS} then
+  if not current and redis.call('HLEN', key) > {MAX_FIELDS} then
     -- Merge the lightest other bucket into the nearest one above it (below when none is): the size
     -- stays bounded, and weight only moves up, so percentiles can only err on the safe side.
-    redis.call('HSET', key, cpu_field, current + weight)
     local all = redis.call('HGETALL', key)
     local lightest, lightest_w, indexes = nil, nil, {{}}
     for i = 1, #all, 2 do
@@ -118,27 +110,14 @@ local function record_usage(key, ts, ts_raw, cpu, mem_raw, half_life)
       if index > lightest and (not above or index < above) then above = index end
       if index < lightest and (not below or index > below) then below = index end
     end
-    local into = above or below
-    redis.call('HINCRBY', key, 'cpu:' .. into, lightest_w)
+    redis.call('HINCRBY', key, 'cpu:' .. (above or below), lightest_w)
     redis.call('HDEL', key, 'cpu:' .. lightest)
-    out[#out] = tonumber(redis.call('HGET', key, cpu_field))
-    count = count - 1
   end
-  if count ~= tonumber(h[4]) then
-    out[#out + 1] = 'buckets'
-    out[#out + 1] = count
+  -- Once per hour of samples, not per sample: the key then outlives its last sample by 8 days plus
+  -- at most an hour, for a third less Redis time per sample.
+  if not last or math.floor(ts / 3600) ~= math.floor(last / 3600) then
+    redis.call('EXPIRE', key, {HISTORY_TTL_SECONDS + 3600})
   end
-  if tonumber(h[6]) ~= day then
-    out[#out + 1] = 'mem_day:' .. slot
-    out[#out + 1] = day
-    out[#out + 1] = 'mem_peak:' .. slot
-    out[#out + 1] = mem_raw
-  elseif tonumber(mem_raw) > tonumber(h[7]) then
-    out[#out + 1] = 'mem_peak:' .. slot
-    out[#out + 1] = mem_raw
-  end
-  redis.call('HSET', key, unpack(out))
-  redis.call('EXPIRE', key, {HISTORY_TTL_SECONDS})
   return 1
 end
 """
