@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint fmt clean redis-server bench
+.PHONY: help venv run test lint fmt clean redis-server bench backtest
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,3 +52,6 @@ clean: ## Remove caches (keeps .venv; rm -rf .venv to start over)
 
 bench: venv redis-server ## Benchmark both ingest endpoints against a bare-Flask ceiling (a few minutes; writes bench/RESULTS.md)
 	$(BIN)/python bench/run.py
+
+backtest: venv redis-server ## Score the recommendations on 14-day traces replayed through the cost service (about a minute; CSV=path for your own samples; writes bench/BACKTEST.md)
+	$(BIN)/python bench/backtest.py $(CSV)
