@@ -6,6 +6,7 @@ the same samples, and reads `usec_per_call` of EVALSHA from INFO commandstats fo
 difference is what the history costs per sample. Part of `make backtest`; also runs alone.
 """
 
+import os
 import random
 import sys
 import tempfile
@@ -86,6 +87,8 @@ def report():
         f"| app hash only | {without:.2f} |",
         f"| app hash + history | {with_history:.2f} |",
         f"| **history adds** | **{with_history - without:.2f}** |",
+        "",
+        f"Measured on {os.cpu_count()} CPU(s) with a load average of {os.getloadavg()[0]:.1f} at the end.",
     ]
 
 
