@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Run as a script (bench/history_cost.py), so the repository root is not on the path yet.
 sys.path.insert(0, str(ROOT))
 
+from shared.history import usage_args  # noqa: E402
 from shared.state import StateRepository, encode  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 
@@ -29,13 +30,16 @@ def _samples(round_number, seed=3):
     rnd = random.Random(seed)
     # Each round continues the histories of the one before, so later rounds see grown hashes.
     for step in range(round_number * STEPS, (round_number + 1) * STEPS):
-        ts = encode(T0 + 300 * step)
-        yield ts, [(f"app-{i}", rnd.uniform(0.05, 2.0), rnd.randint(100, 4000)) for i in range(DEPLOYMENTS)]
+        yield (
+            T0 + 300 * step,
+            [(f"app-{i}", rnd.uniform(0.05, 2.0), rnd.randint(100, 4000)) for i in range(DEPLOYMENTS)],
+        )
 
 
 def _usec_per_evalsha(client, sha, namespace, with_history, round_number):
     client.config_resetstat()
-    for ts, rows in _samples(round_number):
+    for seconds, rows in _samples(round_number):
+        ts = encode(seconds)
         pipe = client.pipeline(transaction=False)
         for name, cpu, mem in rows:
             keys = [StateRepository.app_key(namespace, name)]
@@ -43,7 +47,7 @@ def _usec_per_evalsha(client, sha, namespace, with_history, round_number):
             args += ["usage_cpu_curr", encode(cpu), "usage_mem_curr", encode(mem)]
             if with_history:
                 keys.append(StateRepository.history_key(namespace, name))
-                args += [encode(cpu), encode(mem), "86400"]
+                args += usage_args(seconds, cpu, encode(mem), "86400")
             pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
         pipe.execute()
     return client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]

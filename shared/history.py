@@ -39,20 +39,15 @@ NOMINAL_SAMPLE_SECONDS = 300
 # Below this much history the recommendation falls back to the latest sample.
 MIN_HISTORY_HOURS = 24
 
-# record_usage(key, ts, ts_raw, cpu, mem_raw, half_life): count one cost sample in the history hash
-# `key`, unless a sample at least as new was counted already. ts_raw and mem_raw are the strings
-# as received, stored as they are. Returns 1 when counted, 0 when not. A sample costs two
+# record_usage(key, ts, ts_raw, cpu_field, slot, day_raw, mem_raw, half_life_raw): count a cost sample
+# in the history hash `key`, unless a sample at least as new was counted already. ts is the
+# sample's Unix seconds and ts_raw the same as a string; the next four come from usage_args().
+# Strings are stored as they are. Returns 1 when counted, 0 when not. A sample costs two
 # redis.call (HMGET, HSET); the rest runs only on a key's first sample, the first sample of an
 # hour (EXPIRE), a new bucket (HLEN), a rescale (every 20 half-lives) or a merge.
 RECORD_USAGE_LUA = f"""
-local function record_usage(key, ts, ts_raw, cpu, mem_raw, half_life)
-  local bucket = 0
-  if cpu >= {FIRST_BUCKET_CORES} then
-    bucket = math.floor(math.log(cpu * {BUCKET_GROWTH / FIRST_BUCKET_CORES:g} + 1) / {math.log(1 + BUCKET_GROWTH)!r})
-  end
-  local day = math.floor(ts / {WINDOW_SECONDS})
-  local slot = day % {MEMORY_WINDOWS}
-  local cpu_field = 'cpu:' .. bucket
+local function record_usage(key, ts, ts_raw, cpu_field, slot, day_raw, mem_raw, half_life_raw)
+  local half_life = tonumber(half_life_raw)
   local h = redis.call('HMGET', key, 'last_sample', 'reference', 'samples', cpu_field, 'mem_day:' .. slot,
     'mem_peak:' .. slot)
   local last = tonumber(h[1])
@@ -83,9 +78,9 @@ local function record_usage(key, ts, ts_raw, cpu, mem_raw, half_life)
   end
   local weight = (current or 0) + math.floor({WEIGHT_SCALE} * 2 ^ ((ts - reference) / half_life) + 0.5)
   local samples = (tonumber(h[3]) or 0) + 1
-  if tonumber(h[5]) ~= day then
+  if h[5] ~= day_raw then
     redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight,
-      'mem_day:' .. slot, day, 'mem_peak:' .. slot, mem_raw)
+      'mem_day:' .. slot, day_raw, 'mem_peak:' .. slot, mem_raw)
   elseif tonumber(mem_raw) > tonumber(h[6]) then
     redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight, 'mem_peak:' .. slot, mem_raw)
   else
@@ -95,6 +90,7 @@ local function record_usage(key, ts, ts_raw, cpu, mem_raw, half_life)
     -- Merge the lightest other bucket into the nearest one above it (below when none is): the size
     -- stays bounded, and weight only moves up, so percentiles can only err on the safe side.
     local all = redis.call('HGETALL', key)
+    local bucket = tonumber(string.sub(cpu_field, 5))
     local lightest, lightest_w, indexes = nil, nil, {{}}
     for i = 1, #all, 2 do
       if string.sub(all[i], 1, 4) == 'cpu:' then
@@ -121,6 +117,19 @@ local function record_usage(key, ts, ts_raw, cpu, mem_raw, half_life)
   return 1
 end
 """
+
+
+def bucket_index(cpu):
+    """The CPU bucket a value (cores) falls into."""
+    if cpu < FIRST_BUCKET_CORES:
+        return 0
+    return math.floor(math.log(cpu * BUCKET_GROWTH / FIRST_BUCKET_CORES + 1) / math.log(1 + BUCKET_GROWTH))
+
+
+def usage_args(ts, cpu, mem_raw, half_life_raw):
+    """record_usage's arguments after the timestamp: worked out here, by the workers, not by Redis's one thread."""
+    day = math.floor(ts / WINDOW_SECONDS)
+    return (f"cpu:{bucket_index(cpu)}", str(day % MEMORY_WINDOWS), str(day), mem_raw, half_life_raw)
 
 
 def bucket_start(index):

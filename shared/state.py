@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import NoScriptError
 
-from shared.history import RECORD_USAGE_LUA, decode_history
+from shared.history import RECORD_USAGE_LUA, decode_history, usage_args
 
 CLUSTER_ITEMS = ("cost", "vm_count", "req_cpu_total", "req_mem_total")
 DEFAULT_HALF_LIFE_SECONDS = 24 * 3600
@@ -54,20 +54,19 @@ FIELD_NAMES = {
 # Per deployment: write the payload's fields unless the stored data from the same source is
 # newer, then return the whole hash, so rules always see what is stored after the write.
 # ARGV: the timestamp field, the timestamp, then field/value pairs. A cost save also names the
-# history key (KEYS[2]) and ends ARGV with usage CPU, usage memory and the half-life in seconds.
+# history key (KEYS[2]) and ends ARGV with shared.history.usage_args() and the half-life in seconds.
 SAVE_APP_FIELDS = (
     RECORD_USAGE_LUA
     + """
 local fields_end = #ARGV
-if KEYS[2] then fields_end = fields_end - 3 end
+if KEYS[2] then fields_end = fields_end - 5 end
 local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 local written = 0
 if not stored or stored <= tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], unpack(ARGV, 3, fields_end))
   written = 1
   if KEYS[2] then
-    local u = fields_end + 1
-    record_usage(KEYS[2], tonumber(ARGV[2]), ARGV[2], tonumber(ARGV[u]), ARGV[u + 1], tonumber(ARGV[u + 2]))
+    record_usage(KEYS[2], tonumber(ARGV[2]), ARGV[2], unpack(ARGV, fields_end + 1))
   end
 end
 return {written, redis.call('HGETALL', KEYS[1])}
@@ -275,7 +274,9 @@ class StateRepository:
                 args += (name, encode(row[name]))
             if history:
                 keys.append(self.history_key(namespace, row["name"]))
-                args += (encode(row["usage_cpu_curr"]), encode(row["usage_mem_curr"]), half_life)
+                args += usage_args(
+                    payload["timestamp"], row["usage_cpu_curr"], encode(row["usage_mem_curr"]), half_life
+                )
             _evalsha(pipe, shas["save"], keys, *args)
 
     @staticmethod
