@@ -65,6 +65,10 @@ def test_a_stale_payload_is_not_counted(repo, redis_client):
     assert saved.stale == ["a"]
     assert redis_client.hgetall(HISTORY) == before
     assert history(repo, "b").samples == 1  # a newcomer in the same payload still counts
+    # Even when the app hash is gone (deleted by hand, say), the history itself refuses the older sample.
+    redis_client.delete("app:default:a")
+    assert repo.save_cost(cost(T0 + 300, ("a", 3.0, 3000))).stale == []
+    assert redis_client.hgetall(HISTORY) == before
 
 
 def test_a_forecast_payload_leaves_the_history_alone(repo, redis_client):
