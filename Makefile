@@ -53,5 +53,5 @@ clean: ## Remove caches (keeps .venv; rm -rf .venv to start over)
 bench: venv redis-server ## Benchmark both ingest endpoints against a bare-Flask ceiling (a few minutes; writes bench/RESULTS.md)
 	$(BIN)/python bench/run.py
 
-backtest: venv redis-server ## Score the recommendations on 14-day traces replayed through the cost service (about a minute; CSV=path for your own samples; writes bench/BACKTEST.md)
+backtest: venv redis-server ## Score the recommendations on 14-day traces replayed through the cost service (1 to 2 minutes; CSV=path for your own samples; writes bench/BACKTEST.md)
 	$(BIN)/python bench/backtest.py $(CSV)
