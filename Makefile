@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock run test test-fast lint fmt clean redis-server promtool bench prometheus-rule
+.PHONY: help venv lock run test test-fast lint fmt clean redis-server promtool bench prometheus-rule backtest
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -100,3 +100,6 @@ bench: $(DEV_STAMP) redis-server ## Benchmark both ingest endpoints against a ba
 
 prometheus-rule: ## Regenerate the PrometheusRule of deploy/k8s/components from deploy/prometheus/alerts.yml
 	$(PYTHON) -m devtools.prometheus_rule
+
+backtest: $(DEV_STAMP) redis-server ## Score the recommendations on 14-day traces replayed through the cost service (1 to 2 minutes; CSV=path for your own samples; writes bench/BACKTEST.md)
+	$(BIN)/python -m bench.backtest $(CSV)

@@ -30,6 +30,8 @@ DEFAULTS = {
     "PREDICTED_MEMORY_SPIKE_RATIO": "0.9",
     "MAX_STATE_SKEW_SECONDS": "3600",
     "RECOMMENDATION_HEADROOM": "0.15",
+    "HISTORY_HALF_LIFE_HOURS": "24",
+    "CPU_MEMORY_PRICE_RATIO": "7.46",
     "ALLOWED_NAMESPACES": "default",
     "MAX_DEPLOYMENTS": "5000",
     "MAX_BODY_BYTES": str(4 * 1024 * 1024),
@@ -74,6 +76,8 @@ class Settings:
     cooldown_seconds: int
     thresholds: Thresholds
     recommendation_headroom: float
+    history_half_life_hours: float
+    cpu_memory_price_ratio: float
     allowed_namespaces: frozenset[str]
     max_deployments: int
     max_body_bytes: int
@@ -280,6 +284,10 @@ def parse_settings(config, token_setting):
         cooldown_seconds=store.cooldown_seconds,
         thresholds=_thresholds(config),
         recommendation_headroom=_number(config, "RECOMMENDATION_HEADROOM", 0, 10),
+        # Under an hour, 5-minute samples would barely count before the next; past 30 days the
+        # 8-day history never shows the decay.
+        history_half_life_hours=_number(config, "HISTORY_HALF_LIFE_HOURS", 1, 720),
+        cpu_memory_price_ratio=_number(config, "CPU_MEMORY_PRICE_RATIO", 0.01, 10_000),
         allowed_namespaces=store.allowed_namespaces,
         max_deployments=_number(config, "MAX_DEPLOYMENTS", 1, 100_000, int),
         max_body_bytes=_number(config, "MAX_BODY_BYTES", 1024, 256 * 1024 * 1024, int),

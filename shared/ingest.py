@@ -4,7 +4,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.recommend import price, recommend
+from shared.recommend import DEFAULT_CPU_MEMORY_PRICE_RATIO, price, recommend
 from shared.rules import (
     Thresholds,
     cooldown_remaining,
@@ -61,6 +61,7 @@ class Aggregator:
     webhook: AgentWebhook
     thresholds: Thresholds
     headroom: float
+    cpu_memory_price_ratio: float = DEFAULT_CPU_MEMORY_PRICE_RATIO
 
     def ingest(self, source, payload, request_id, now=None):
         """Store a loaded payload, trigger the agent for deployments that are due; return an IngestResult."""
@@ -89,11 +90,16 @@ class Aggregator:
         sent, escalated_names = claimed + escalated, set(escalated)
         delivery, outcome = "none", None
         if sent:
+            # Read here, for the few deployments triggered, so the storing script stays lean.
+            histories = self.repository.histories(namespace, sent)
             message = build_trigger(
                 source.name,
                 namespace,
                 saved.cluster,
-                [self._item(namespace, name, firing[name], saved, name in escalated_names) for name in sent],
+                [
+                    self._item(namespace, name, firing[name], saved, histories[name], name in escalated_names)
+                    for name in sent
+                ],
             )
             outcome = self.webhook.deliver(message, request_id)
             if outcome.ok:
@@ -116,16 +122,17 @@ class Aggregator:
         }
         return IngestResult(body, firing, held, outcome)
 
-    def _item(self, namespace, name, reasons, saved, escalation):
+    def _item(self, namespace, name, reasons, saved, history, escalation):
         """One entry of the trigger: why, the stored state, and what to do about it at what price."""
         state = saved.states[name]
-        recommendation = recommend(namespace, name, state, self.headroom)
+        skew = self.thresholds.max_state_skew_seconds
+        recommendation = recommend(namespace, name, state, self.headroom, history, skew)
         item = {
             "deployment": name,
             "reasons": reasons,
             "state": state,
             "recommendation": recommendation,
-            "cost": price(saved.cluster, state, recommendation),
+            "cost": price(saved.cluster, state, recommendation, self.cpu_memory_price_ratio),
         }
         if escalation:
             item["escalation"] = True

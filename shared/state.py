@@ -14,6 +14,11 @@ Keys (their names are a contract: other systems read them):
   the same slot as the key it guards, so one script can check and write the pair.
 - ``cluster:{namespace}:req_cpu_total``: CPU cores requested by all deployments of that payload,
   the denominator of the CPU price; guarded by ``{cluster:{namespace}:req_cpu_total}:timestamp``.
+- ``cluster:{namespace}:req_mem_total``: memory (MiB) requested by the same deployments, the
+  memory share of the price; guarded by ``{cluster:{namespace}:req_mem_total}:timestamp``.
+- ``{app:{namespace}:{name}}:history`` hash: the deployment's usage history (fields listed in
+  shared/history.py), hash-tagged into its app key's slot and updated by the same script that
+  stores a cost sample; expires 8 days after its last sample.
 - ``trigger:{namespace}:{name}``: Unix seconds of the last trigger claim; expires after the
   cooldown. Setting it (``SET NX EX``) is what claims a deployment's cooldown window.
 - ``{trigger:{namespace}:{name}}:escalation``: set when a risk rule has been claimed inside the
@@ -24,7 +29,7 @@ Keys (their names are a contract: other systems read them):
   newest first, capped at 1000 entries.
 
 Every atomic step touches the keys of one slot: one key, or a key and its hash-tagged companion
-(a timestamp, an escalation). The layout therefore works unchanged on Redis Cluster, where the
+(a timestamp, a usage history, an escalation). The layout therefore works unchanged on Redis Cluster, where the
 ``app:`` and ``trigger:`` keys of one deployment live on different nodes. Each step of a request
 (store, claim, settle) is one script call over all its deployments on a single Redis, and one
 call per node on a cluster (shared/batch.py), whatever the number of deployments.
@@ -34,8 +39,10 @@ import json
 from dataclasses import dataclass, field
 
 from shared.batch import PROLOGUE, Script, Unit, raise_first, runner_for
+from shared.history import MEMORY_WINDOWS, RECORD_USAGE_LUA, WINDOW_SECONDS, bucket_index, decode_history
 
-CLUSTER_ITEMS = ("cost", "vm_count", "req_cpu_total")
+CLUSTER_ITEMS = ("cost", "vm_count", "req_cpu_total", "req_mem_total")
+DEFAULT_HALF_LIFE_SECONDS = 24 * 3600
 FAILED_KEEP = 1000
 COST_FIELDS = ("req_cpu", "req_mem", "usage_cpu_curr", "usage_mem_curr")
 FORECAST_FIELDS = ("pred_cpu_peak", "pred_mem_peak")
@@ -54,15 +61,19 @@ CLAIMED, ESCALATED = 1, 2
 
 # Store one payload. Arguments: the counts of rows, keys per row and items; the item mode ('set'
 # for cost, 'get' for forecast); the timestamp field and the payload's timestamp; the count and
-# names of the value fields written, then of the fields read back; each row's values in that
-# order; each written item's value. Keys: each row's keys (its app hash first), then each item's
-# (the cluster key, and with 'set' its timestamp key). Per row: write unless the stored data from
-# the same source is newer, and answer the read-back fields as one comma-joined string ('' where
-# absent), or 0 when skipped. Per item: with 'set', write unless its timestamp key is newer;
-# answer the value stored after. The per-row work is kept to one HMGET and one HSET: Redis time
-# per deployment is what bounds a large payload.
+# names of the value fields written, then of the fields read back; the history's day slot, day
+# number and half-life, or '' for no history; each row's values in that order (with a history,
+# then its CPU bucket field and memory); each written item's value. Keys: each row's keys (its app
+# hash first, then its usage history), then each item's (the cluster key, and with 'set' its
+# timestamp key). Per row: write unless the stored data from the same source is newer, count the
+# sample in the usage history (record_usage skips a sample it counted already), and answer the
+# read-back fields as one comma-joined string ('' where absent), or 0 when skipped. Per item: with
+# 'set', write unless its timestamp key is newer; answer the value stored after. The per-row work
+# is kept to one HMGET and one HSET (two more with a history): Redis time per deployment is what
+# bounds a large payload.
 SAVE = Script(
     f"""{PROLOGUE}
+{RECORD_USAGE_LUA}
 local rows, per_row, items = tonumber(A[ao + 1]), tonumber(A[ao + 2]), tonumber(A[ao + 3])
 local set_items, ts_field, ts = A[ao + 4] == 'set', A[ao + 5], A[ao + 6]
 local stamp, nfields = tonumber(ts), tonumber(A[ao + 7])
@@ -74,7 +85,11 @@ end
 for j = 1, nread do
   read[j + 1] = A[ao + 8 + nfields + j]
 end
-local out, v, k = {{}}, ao + 9 + nfields + nread, ko
+local h = ao + 9 + nfields + nread
+local slot, day, half_life = A[h], A[h + 1], A[h + 2]
+local history = slot ~= ''
+local per_values = history and nfields + 2 or nfields
+local out, v, k = {{}}, h + 3, ko
 for i = 1, rows do
   local key = K[k + 1]
   local got = redis.call('HMGET', key, unpack(read))
@@ -84,6 +99,9 @@ for i = 1, rows do
       hset[2 * j + 2] = A[v + j - 1]
     end
     redis.call('HSET', key, unpack(hset))
+    if history then
+      record_usage(K[k + 2], stamp, ts, A[v + nfields], slot, day, A[v + nfields + 1], half_life)
+    end
     for j = 2, nread + 1 do
       if not got[j] then
         got[j] = ''
@@ -93,7 +111,7 @@ for i = 1, rows do
   else
     out[i] = 0
   end
-  v, k = v + nfields, k + per_row
+  v, k = v + per_values, k + per_row
 end
 for j = 1, items do
   local value_key = K[k + 1]
@@ -210,9 +228,10 @@ class SavedPayload:
 class StateRepository:
     """Reads and writes aggregator state in Redis; see the module docstring for the keys."""
 
-    def __init__(self, redis, cooldown_seconds):
+    def __init__(self, redis, cooldown_seconds, history_half_life_seconds=DEFAULT_HALF_LIFE_SECONDS):
         self.redis = redis
         self.cooldown_seconds = cooldown_seconds
+        self.history_half_life_seconds = history_half_life_seconds
         self.runner = runner_for(redis)
 
     # Key names live here and nowhere else.
@@ -220,6 +239,11 @@ class StateRepository:
     def app_key(namespace, name):
         """The hash holding one deployment's merged state."""
         return f"app:{namespace}:{name}"
+
+    @classmethod
+    def history_key(cls, namespace, name):
+        """The usage history of one deployment, hash-tagged into the slot of its app key."""
+        return f"{{{cls.app_key(namespace, name)}}}:history"
 
     @staticmethod
     def trigger_key(namespace, name):
@@ -257,6 +281,7 @@ class StateRepository:
             "cost": payload["cluster_totals"]["current_hourly_cost_gbp"],
             "vm_count": payload["cluster_totals"]["vm_count"],
             "req_cpu_total": sum(row["req_cpu"] for row in payload["deployments"]),
+            "req_mem_total": sum(row["req_mem"] for row in payload["deployments"]),
         }
         items = [
             Unit(
@@ -266,7 +291,7 @@ class StateRepository:
             )
             for item in CLUSTER_ITEMS
         ]
-        return self._save(payload, "cost_timestamp", COST_FIELDS, "set", items)
+        return self._save(payload, "cost_timestamp", COST_FIELDS, "set", items, history=True)
 
     def save_forecast(self, payload):
         """Store a loaded forecast payload and read the cluster totals; one script call (per node)."""
@@ -274,21 +299,39 @@ class StateRepository:
         items = [Unit((self.cluster_key(namespace, item),), (), ITEM) for item in CLUSTER_ITEMS]
         return self._save(payload, "forecast_timestamp", FORECAST_FIELDS, "get", items)
 
-    def _save(self, payload, ts_field, value_fields, item_mode, items):
+    def _save(self, payload, ts_field, value_fields, item_mode, items, history=False):
         namespace, ts = payload["namespace"], encode(payload["timestamp"])
         deployments = payload["deployments"]
         read_back = READ_BACK[ts_field]
         app_key = self.app_key
-        rows = [
-            Unit((app_key(namespace, row["name"]),), tuple([encode(row[name]) for name in value_fields]))
-            for row in deployments
-        ]
+        if history:
+            # The worker, not Redis's one thread, works out each sample's bucket and day.
+            history_key = self.history_key
+            day = int(payload["timestamp"] // WINDOW_SECONDS)
+            usage = (str(day % MEMORY_WINDOWS), str(day), encode(self.history_half_life_seconds))
+            rows = [
+                Unit(
+                    (app_key(namespace, row["name"]), history_key(namespace, row["name"])),
+                    tuple(
+                        [encode(row[name]) for name in value_fields]
+                        + [f"cpu:{bucket_index(row['usage_cpu_curr'])}", encode(row["usage_mem_curr"])]
+                    ),
+                )
+                for row in deployments
+            ]
+        else:
+            usage = ("", "", "")
+            rows = [
+                Unit((app_key(namespace, row["name"]),), tuple([encode(row[name]) for name in value_fields]))
+                for row in deployments
+            ]
+        keys_per_row = 2 if history else 1
 
         def header(units):
             count = sum(unit.kind == ROW for unit in units)
             return [
-                *(count, 1, len(units) - count, item_mode, ts_field, ts),
-                *(len(value_fields), *value_fields, len(read_back), *read_back),
+                *(count, keys_per_row, len(units) - count, item_mode, ts_field, ts),
+                *(len(value_fields), *value_fields, len(read_back), *read_back, *usage),
             ]
 
         replies = self.runner.run(SAVE, rows + items, header)
@@ -308,6 +351,14 @@ class StateRepository:
             saved.states[row["name"]] = state
         saved.cluster = _cluster(replies[len(rows) :])
         return saved
+
+    def histories(self, namespace, names):
+        """The decoded usage history of each of `names` ({name: History}); one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self.history_key(namespace, name))
+        replies = pipe.execute() if names else []
+        return {name: decode_history(flat) for name, flat in zip(names, replies)}
 
     def claim(self, namespace, names, risky, now):
         """For each of `names`, claim its cooldown window, or else escalate its running window when
@@ -392,5 +443,10 @@ def _record_json(record):
 
 def _cluster(replies):
     """The stored cluster totals (None where no cost payload has set them yet)."""
-    cost, vm_count, req_cpu_total = (None if raw is None else decode(raw) for raw in replies)
-    return {"hourly_cost_gbp": cost, "vm_count": vm_count, "req_cpu_total": req_cpu_total}
+    cost, vm_count, req_cpu_total, req_mem_total = (None if raw is None else decode(raw) for raw in replies)
+    return {
+        "hourly_cost_gbp": cost,
+        "vm_count": vm_count,
+        "req_cpu_total": req_cpu_total,
+        "req_mem_total": req_mem_total,
+    }

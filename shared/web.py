@@ -238,10 +238,13 @@ def create_service_app(import_name, test_config, *, path, token_setting, schema_
         schema=schema_class(allowed_namespaces=settings.allowed_namespaces, max_deployments=settings.max_deployments),
         source=source,
         aggregator=Aggregator(
-            StateRepository(redis, settings.cooldown_seconds),
+            StateRepository(
+                redis, settings.cooldown_seconds, history_half_life_seconds=settings.history_half_life_hours * 3600
+            ),
             webhook,
             settings.thresholds,
             settings.recommendation_headroom,
+            cpu_memory_price_ratio=settings.cpu_memory_price_ratio,
         ),
     )
 

@@ -57,7 +57,7 @@ def test_round_trips_per_request_on_one_redis(redis_server, redis_client, receiv
         fired = client.post("/metrics/cost", json=cost_body(size, "2026-01-01T00:10:00Z"), headers=auth(COST_TOKEN))
         assert fired.json["triggered"] == ["app-0"]
         commands, trips = (after - start for after, start in zip(proxy.counts(), before))
-        assert (commands, trips) == (3, 3)  # store, claim, settle
+        assert (commands, trips) == (4, 4)  # store, claim, the triggered deployments' usage histories, settle
     finally:
         proxy.stop()
 

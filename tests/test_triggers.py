@@ -46,16 +46,45 @@ def test_signed_enriched_trigger_from_gunicorn(redis_server, redis_client, signe
     assert call["status"] == 202  # the receiver verified the signature
     message = Webhook(SECRET).verify(call["body"], call["headers"])
     [item] = message["triggers"]
-    assert item["recommendation"] == {
+    recommendation = item["recommendation"]
+    assert {k: recommendation[k] for k in ("cpu_cores", "memory_mb", "headroom", "kubectl", "basis")} == {
         "cpu_cores": 0.46,
         "memory_mb": 589,
         "headroom": 0.15,
         "kubectl": "kubectl -n default set resources deployment/adservice --requests=cpu=460m,memory=589Mi",
+        "basis": "single_sample",
     }
-    assert item["cost"]["price_per_cpu_core_hour_gbp"] == 0.357143
-    assert item["cost"]["current_gbp_per_hour"] == 0.714286
-    assert item["cost"]["recommended_gbp_per_hour"] == 0.164286
-    assert item["cost"]["delta_gbp_per_hour"] == -0.55
+    assert recommendation["cpu"] == {"target": 0.46, "lower": 0.46, "upper": 0.46}
+    assert recommendation["memory"] == {"target": 589, "lower": 589, "upper": 589}
+    assert recommendation["history"] == {
+        "samples": 1,
+        "first_sample": "2024-01-01T12:00:00Z",
+        "last_sample": "2024-01-01T12:00:00Z",
+        "span_hours": 0.0,
+        "confidence": 0.0,
+    }
+    cost = item["cost"]
+    assert {k: v for k, v in cost.items() if k not in ("basis", "by_resource")} == {
+        "price_per_cpu_core_hour_gbp": 0.290408,
+        "price_per_memory_gib_hour_gbp": 0.038929,
+        "current_gbp_per_hour": 0.736531,
+        "recommended_gbp_per_hour": 0.155979,
+        "delta_gbp_per_hour": -0.580551,
+        "monthly_delta_gbp": -423.8,
+    }
+    assert cost["by_resource"] == {
+        "cpu": {
+            "current_gbp_per_hour": 0.580816,
+            "recommended_gbp_per_hour": 0.133588,
+            "delta_gbp_per_hour": -0.447228,
+        },
+        "memory": {
+            "current_gbp_per_hour": 0.155715,
+            "recommended_gbp_per_hour": 0.022392,
+            "delta_gbp_per_hour": -0.133323,
+        },
+    }
+    assert "£1.25/hour" in cost["basis"] and "3.5 CPU cores and 6 GiB" in cost["basis"] and "7.46" in cost["basis"]
     assert "escalation" not in item
 
 

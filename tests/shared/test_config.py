@@ -109,11 +109,21 @@ def test_malformed_webhook_secret_is_refused_without_echoing_it(secret):
         ({"RECOMMENDATION_HEADROOM": "-0.1"}, "RECOMMENDATION_HEADROOM"),
         ({"MAX_STATE_SKEW_SECONDS": "inf"}, "MAX_STATE_SKEW_SECONDS"),
         ({"REDIS_CLUSTER": "cluster"}, "REDIS_CLUSTER"),
+        ({"HISTORY_HALF_LIFE_HOURS": "0.5"}, "HISTORY_HALF_LIFE_HOURS"),
+        ({"HISTORY_HALF_LIFE_HOURS": "a day"}, "HISTORY_HALF_LIFE_HOURS"),
+        ({"CPU_MEMORY_PRICE_RATIO": "0"}, "CPU_MEMORY_PRICE_RATIO"),
+        ({"CPU_MEMORY_PRICE_RATIO": "nan"}, "CPU_MEMORY_PRICE_RATIO"),
     ],
 )
 def test_more_bad_settings_name_the_variable(overrides, named):
     with pytest.raises(ConfigError, match=named):
         settings(**overrides)
+
+
+def test_history_and_price_settings():
+    assert (settings().history_half_life_hours, settings().cpu_memory_price_ratio) == (24, 7.46)
+    custom = settings(HISTORY_HALF_LIFE_HOURS="12", CPU_MEMORY_PRICE_RATIO="4")
+    assert (custom.history_half_life_hours, custom.cpu_memory_price_ratio) == (12, 4)
 
 
 def test_memory_rules_flag():

@@ -51,7 +51,7 @@ def test_cost_fields_land_under_the_contract_key_names(repo, redis_client):
         "cost_timestamp": "1704110400",
     }
     assert saved.states["adservice"]["req_cpu"] == 2.0
-    assert saved.cluster == {"hourly_cost_gbp": 1.25, "vm_count": 3, "req_cpu_total": 2.0}
+    assert saved.cluster == {"hourly_cost_gbp": 1.25, "vm_count": 3, "req_cpu_total": 2.0, "req_mem_total": 4096}
     assert redis_client.get("cluster:default:cost") == b"1.25"
     assert redis_client.get("cluster:default:vm_count") == b"3"
     assert redis_client.get("{cluster:default:cost}:timestamp") == b"1704110400"
@@ -98,7 +98,7 @@ def test_same_timestamp_is_rewritten_idempotently(repo, redis_client):
 def test_cluster_totals_are_not_rolled_back(repo, redis_client):
     repo.save_cost(cost(200, ("a", 1.0, 0.5), cost_gbp=2.5, vms=5))
     older = repo.save_cost(cost(100, ("a", 1.0, 0.5), cost_gbp=1.0, vms=1))
-    assert older.cluster == {"hourly_cost_gbp": 2.5, "vm_count": 5, "req_cpu_total": 1.0}
+    assert older.cluster == {"hourly_cost_gbp": 2.5, "vm_count": 5, "req_cpu_total": 1.0, "req_mem_total": 4096}
     assert redis_client.get("cluster:default:cost") == b"2.5"
     assert redis_client.get("cluster:default:vm_count") == b"5"
 
@@ -163,14 +163,16 @@ def test_delivery_sets_last_trigger(repo, redis_client):
 
 def test_cluster_totals_include_the_requested_cpu(repo, redis_client):
     saved = repo.save_cost(cost(100, ("a", 1.5, 0.1), ("b", 2.0, 0.2)))
-    assert saved.cluster == {"hourly_cost_gbp": 1.25, "vm_count": 3, "req_cpu_total": 3.5}
+    assert saved.cluster == {"hourly_cost_gbp": 1.25, "vm_count": 3, "req_cpu_total": 3.5, "req_mem_total": 8192}
     assert repo.save_forecast(forecast(100, ("a", 1.0))).cluster == saved.cluster
     assert redis_client.get("cluster:default:req_cpu_total") == b"3.5"
+    assert redis_client.get("cluster:default:req_mem_total") == b"8192"
+    assert redis_client.get("{cluster:default:req_mem_total}:timestamp") == b"100"
 
 
 def test_forecast_before_any_cost_payload_has_no_cluster_totals(repo):
     saved = repo.save_forecast(forecast(100, ("a", 1.0)))
-    assert saved.cluster == {"hourly_cost_gbp": None, "vm_count": None, "req_cpu_total": None}
+    assert saved.cluster == {"hourly_cost_gbp": None, "vm_count": None, "req_cpu_total": None, "req_mem_total": None}
 
 
 def test_scripts_are_reloaded_after_redis_forgets_them(repo, redis_client):
@@ -226,7 +228,7 @@ def test_each_step_is_one_script_call_per_node_whatever_the_payload(repo, redis_
 def test_cluster_timestamp_keys_share_a_slot_with_the_keys_they_guard():
     from redis.crc import key_slot
 
-    for item in ("cost", "vm_count", "req_cpu_total"):
+    for item in ("cost", "vm_count", "req_cpu_total", "req_mem_total"):
         guarded = StateRepository.cluster_key("default", item).encode()
         assert key_slot(StateRepository.cluster_timestamp_key("default", item).encode()) == key_slot(guarded)
 
@@ -288,7 +290,7 @@ def test_a_slot_moved_since_the_map_was_read_is_followed_key_by_key(redis_cluste
         assert client.get_redis_connection(target).hget("app:default:moved", "req_cpu") == b"2.0"
         assert client.nodes_manager.get_node_from_slot(slot).name == target.name  # the map was read again
     finally:
-        client.delete("app:default:moved")
+        client.delete("app:default:moved", StateRepository.history_key("default", "moved"))
         assign(source)
         client.nodes_manager.initialize()
         client.flushall()

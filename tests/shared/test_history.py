@@ -1,0 +1,132 @@
+"""The usage history kept beside each app hash: counted once, bounded, cluster-safe, expiring."""
+
+import random
+
+import pytest
+from redis.crc import key_slot
+
+from shared.history import HISTORY_TTL_SECONDS, MAX_FIELDS, bucket_start
+from shared.state import StateRepository
+
+NS = "default"
+DAY = 86400
+T0 = 1704067200  # 2024-01-01T00:00:00Z
+HISTORY = "{app:default:a}:history"
+
+
+def cost(ts, *rows):
+    return {
+        "namespace": NS,
+        "timestamp": ts,
+        "cluster_totals": {"vm_count": 3, "current_hourly_cost_gbp": 1.25},
+        "deployments": [
+            {"name": n, "req_cpu": 2.0, "req_mem": 4096, "usage_cpu_curr": c, "usage_mem_curr": m} for n, c, m in rows
+        ],
+    }
+
+
+@pytest.fixture
+def redis_client(store):
+    """Every test here runs against one redis-server and against a Redis Cluster."""
+    return store[2]
+
+
+@pytest.fixture
+def repo(redis_client):
+    return StateRepository(redis_client, cooldown_seconds=1800)
+
+
+def history(repo, name="a"):
+    return repo.histories(NS, [name])[name]
+
+
+def test_the_history_key_is_named_after_the_app_key_and_shares_its_slot(repo, redis_client, store):
+    assert StateRepository.history_key(NS, "a") == HISTORY
+    repo.save_cost(cost(T0, ("a", 0.4, 512)))
+    assert redis_client.exists(HISTORY)
+    assert key_slot(HISTORY.encode()) == key_slot(b"app:default:a")
+    if store[1]:
+        # The cluster itself agrees (the save script touching both keys would have failed otherwise).
+        assert redis_client.cluster_keyslot(HISTORY) == redis_client.cluster_keyslot("app:default:a")
+
+
+def test_the_same_payload_twice_counts_once(repo, redis_client):
+    repo.save_cost(cost(T0, ("a", 0.4, 512)))
+    before = redis_client.hgetall(HISTORY)
+    repo.save_cost(cost(T0, ("a", 0.4, 512)))
+    assert redis_client.hgetall(HISTORY) == before
+    assert history(repo).samples == 1
+
+
+def test_a_stale_payload_is_not_counted(repo, redis_client):
+    repo.save_cost(cost(T0 + 600, ("a", 0.4, 512)))
+    before = redis_client.hgetall(HISTORY)
+    saved = repo.save_cost(cost(T0 + 300, ("a", 3.0, 3000), ("b", 0.1, 100)))
+    assert saved.stale == ["a"]
+    assert redis_client.hgetall(HISTORY) == before
+    assert history(repo, "b").samples == 1  # a newcomer in the same payload still counts
+    # Even when the app hash is gone (deleted by hand, say), the history itself refuses the older sample.
+    redis_client.delete("app:default:a")
+    assert repo.save_cost(cost(T0 + 300, ("a", 3.0, 3000))).stale == []
+    assert redis_client.hgetall(HISTORY) == before
+
+
+def test_a_forecast_payload_leaves_the_history_alone(repo, redis_client):
+    repo.save_forecast(
+        {"namespace": NS, "timestamp": T0, "deployments": [{"name": "a", "pred_cpu_peak": 1, "pred_mem_peak": 9}]}
+    )
+    assert not redis_client.exists(HISTORY)
+
+
+def test_a_week_of_five_minute_samples(repo, redis_client):
+    rnd = random.Random(7)
+    steps = 7 * 288
+    for i in range(steps):
+        repo.save_cost(cost(T0 + 300 * i, ("a", rnd.uniform(0.2, 0.6), 400 + (i % 288) // 2)))
+    got = history(repo)
+    assert got.samples == steps
+    assert round(got.span_hours, 1) == 167.9 and got.confidence == pytest.approx(167.9167 / 168, abs=1e-4)
+    # Uniform on [0.2, 0.6] with recent samples weighing more still has its p90 near 0.56: within a bucket.
+    assert 0.54 <= got.cpu_percentile(0.9) <= 0.6 * 1.05
+    assert (
+        got.cpu_percentile(0.5)
+        < got.cpu_percentile(0.9)
+        <= got.cpu_percentile(0.95)
+        <= bucket_start(max(got.cpu_buckets) + 1)
+    )
+    # Seven UTC days, each peaking at 400 + 287 // 2.
+    assert [peak for _, peak in got.memory_peaks] == [543] * 7
+    assert redis_client.memory_usage(HISTORY) <= 4096
+
+
+def test_the_history_stays_under_4_kib_whatever_its_length(repo, redis_client):
+    # Usage sweeping 0.01 to 40 cores, over and over: far more buckets than are kept.
+    for i in range(3 * 170):
+        repo.save_cost(cost(T0 + 300 * i, ("a", 0.01 * 1.05 ** (i % 170), 100 + i)))
+    assert redis_client.hlen(HISTORY) <= MAX_FIELDS + 14 < 128
+    assert redis_client.object("encoding", HISTORY) == b"listpack"
+    assert redis_client.memory_usage(HISTORY) <= 4096
+    # Merging moves weight upwards only: the top of the range is still there.
+    assert history(repo).cpu_percentile(1.0) >= 0.01 * 1.05**169
+
+
+def test_the_key_expires_8_days_after_its_last_sample(repo, redis_client):
+    repo.save_cost(cost(T0, ("a", 0.4, 512)))
+    assert HISTORY_TTL_SECONDS == 8 * DAY
+    # Refreshed with the first sample of each hour, by 8 days and an hour: never less than 8 days.
+    assert HISTORY_TTL_SECONDS + 3600 - 5 <= redis_client.ttl(HISTORY) <= HISTORY_TTL_SECONDS + 3600
+    redis_client.expire(HISTORY, 100)
+    repo.save_cost(cost(T0, ("a", 0.4, 512)))  # a replay counts nothing, so it extends nothing
+    assert redis_client.ttl(HISTORY) <= 100
+    repo.save_cost(cost(T0 + 3600, ("a", 0.4, 512)))
+    assert redis_client.ttl(HISTORY) > HISTORY_TTL_SECONDS + 3600 - 5
+
+
+def test_old_weight_is_rescaled_away_and_old_days_drop_out(repo):
+    repo.save_cost(cost(T0, ("a", 0.1, 300)))
+    repo.save_cost(cost(T0 + 30 * DAY, ("a", 1.0, 500)))
+    got = history(repo)
+    # After 30 half-lives the first sample weighs 2^-30 of the second: rounded to nothing, it goes.
+    assert len(got.cpu_buckets) == 1 and got.cpu_percentile(0.01) > 1.0
+    assert [peak for _, peak in got.memory_peaks] == [500]
+    assert got.samples == 2
