@@ -1,21 +1,18 @@
 """The Redis server time the usage history adds to storing one cost sample.
 
-Runs the real cost save script (shared/state.py's SAVE_APP_FIELDS) on a throwaway redis-server,
-once without the history key (the script then stores the app hash only) and once with it, over
-the same samples, and reads `usec_per_call` of EVALSHA from INFO commandstats for each. The
-difference is what the history costs per sample. Part of `make backtest`; also runs alone.
+Stores the same cost payloads through StateRepository.save_cost (shared/state.py's batched SAVE
+script) on a throwaway redis-server, once with the usage history switched off and once with it,
+and reads from INFO commandstats the time Redis spent in the script calls. Divided by the
+samples stored, the difference is what the history costs per sample. Part of `make backtest`;
+also runs alone (`python -m bench.history_cost`).
 """
 
 import os
 import random
 import tempfile
-from pathlib import Path
 
-from shared.history import usage_args
-from shared.state import StateRepository, encode
+from shared.state import StateRepository
 from tests.support import RedisServer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 DEPLOYMENTS = 200
 STEPS = 25  # 200 deployments x 25 five-minute samples = 5,000 samples per variant and round
@@ -23,31 +20,31 @@ ROUNDS = 15
 T0 = 1704067200
 
 
-def _samples(round_number, seed=3):
+def _payloads(namespace, round_number, seed=3):
     rnd = random.Random(seed)
     # Each round continues the histories of the one before, so later rounds see grown hashes.
     for step in range(round_number * STEPS, (round_number + 1) * STEPS):
-        yield (
-            T0 + 300 * step,
-            [(f"app-{i}", rnd.uniform(0.05, 2.0), rnd.randint(100, 4000)) for i in range(DEPLOYMENTS)],
-        )
+        rows = [
+            {
+                "name": f"app-{i}",
+                "req_cpu": 2.0,
+                "req_mem": 4096,
+                "usage_cpu_curr": rnd.uniform(0.05, 2.0),
+                "usage_mem_curr": rnd.randint(100, 4000),
+            }
+            for i in range(DEPLOYMENTS)
+        ]
+        totals = {"current_hourly_cost_gbp": 1.25, "vm_count": 3}
+        yield {"namespace": namespace, "timestamp": T0 + 300 * step, "cluster_totals": totals, "deployments": rows}
 
 
-def _usec_per_evalsha(client, sha, namespace, with_history, round_number):
+def _usec_per_sample(client, repository, namespace, round_number):
     client.config_resetstat()
-    for seconds, rows in _samples(round_number):
-        ts = encode(seconds)
-        pipe = client.pipeline(transaction=False)
-        for name, cpu, mem in rows:
-            keys = [StateRepository.app_key(namespace, name)]
-            args = ["cost_timestamp", ts, "req_cpu", "2.0", "req_mem", "4096"]
-            args += ["usage_cpu_curr", encode(cpu), "usage_mem_curr", encode(mem)]
-            if with_history:
-                keys.append(StateRepository.history_key(namespace, name))
-                args += usage_args(seconds, cpu, encode(mem), "86400")
-            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-        pipe.execute()
-    return client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
+    for payload in _payloads(namespace, round_number):
+        repository.save_cost(payload)
+    stats = client.info("commandstats")
+    usec = sum(stats.get(f"cmdstat_{name}", {}).get("usec", 0) for name in ("evalsha", "eval"))
+    return usec / (DEPLOYMENTS * STEPS)
 
 
 def measure(rounds=ROUNDS):
@@ -56,17 +53,16 @@ def measure(rounds=ROUNDS):
     Short interleaved runs and the best of each: on a shared machine a long run mostly measures
     the neighbours.
     """
-    from shared.state import SAVE_APP_FIELDS
-
     with tempfile.TemporaryDirectory() as workdir:
         server = RedisServer(workdir).start()
         try:
             client = server.client()
-            sha = client.script_load(SAVE_APP_FIELDS)
+            plain = StateRepository(client, 1800, history_half_life_seconds=None)
+            history = StateRepository(client, 1800)
             without, with_history = [], []
             for round_number in range(rounds):
-                without.append(_usec_per_evalsha(client, sha, "plain", False, round_number))
-                with_history.append(_usec_per_evalsha(client, sha, "hist", True, round_number))
+                without.append(_usec_per_sample(client, plain, "plain", round_number))
+                with_history.append(_usec_per_sample(client, history, "hist", round_number))
             return min(without), min(with_history)
         finally:
             server.stop()
@@ -79,14 +75,14 @@ def report():
     return [
         "## Redis server time of the history, per cost sample",
         "",
-        f"EVALSHA of the cost save script, `usec_per_call` from INFO commandstats, best of {ROUNDS} "
-        f"interleaved runs of {samples:,} samples each ({DEPLOYMENTS} deployments × {STEPS} five-minute "
-        "payloads, continuing the same histories):",
+        f"Redis time in the batched cost save script (INFO commandstats) per deployment stored, best of "
+        f"{ROUNDS} interleaved runs of {samples:,} samples each ({DEPLOYMENTS} deployments × {STEPS} "
+        "five-minute payloads, continuing the same histories):",
         "",
         "| save script | µs per sample |",
         "|---|---|",
-        f"| app hash only | {without:.2f} |",
-        f"| app hash + history | {with_history:.2f} |",
+        f"| app hash and cluster totals only | {without:.2f} |",
+        f"| the same + usage history | {with_history:.2f} |",
         f"| **history adds** | **{with_history - without:.2f}** |",
         "",
         f"Measured on {os.cpu_count()} CPU(s) with a load average of {os.getloadavg()[0]:.1f} at the end.",

@@ -228,7 +228,8 @@ class SavedPayload:
 class StateRepository:
     """Reads and writes aggregator state in Redis; see the module docstring for the keys."""
 
-    def __init__(self, redis, cooldown_seconds, history_half_life_seconds=DEFAULT_HALF_LIFE_SECONDS):
+    def __init__(self, redis, cooldown_seconds, history_half_life_seconds: float | None = DEFAULT_HALF_LIFE_SECONDS):
+        """`history_half_life_seconds=None` keeps no usage history (the benchmark's baseline)."""
         self.redis = redis
         self.cooldown_seconds = cooldown_seconds
         self.history_half_life_seconds = history_half_life_seconds
@@ -291,7 +292,8 @@ class StateRepository:
             )
             for item in CLUSTER_ITEMS
         ]
-        return self._save(payload, "cost_timestamp", COST_FIELDS, "set", items, history=True)
+        history = self.history_half_life_seconds is not None
+        return self._save(payload, "cost_timestamp", COST_FIELDS, "set", items, history=history)
 
     def save_forecast(self, payload):
         """Store a loaded forecast payload and read the cluster totals; one script call (per node)."""
