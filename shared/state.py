@@ -31,7 +31,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from redis.exceptions import NoScriptError
+from redis import RedisCluster
+from redis.exceptions import ClusterDownError, NoScriptError
 
 CLUSTER_ITEMS = ("cost", "vm_count", "req_cpu_total")
 FAILED_KEEP = 1000
@@ -74,8 +75,14 @@ end
 return 0
 """
 
+# The readiness probe. A script declared with a shebang and no flags is one Redis treats as a write
+# before it runs: refused on a read-only replica (READONLY), over maxmemory (OOM), without
+# +@scripting (NOPERM), so running it answers "would an ingest's writes succeed now" in one call.
+READY_PROBE = """#!lua
+return 1
+"""
 
-SCRIPTS = {"save": SAVE_APP_FIELDS, "set_if_newer": SET_IF_NEWER, "release": RELEASE_CLAIM}
+SCRIPTS = {"save": SAVE_APP_FIELDS, "set_if_newer": SET_IF_NEWER, "release": RELEASE_CLAIM, "ready": READY_PROBE}
 
 
 def encode(value):
@@ -145,6 +152,19 @@ class StateRepository:
         """Raise a redis error unless Redis answers."""
         self.redis.ping()
 
+    def check_ready(self):
+        """Raise the Redis error an ingest would meet now: down, read-only, out of memory, no permission, a
+        cluster missing slots; loading the scripts on the way proves they are loadable."""
+        self._load_scripts()
+        if isinstance(self.redis, RedisCluster):
+            state = self.redis.cluster_info().get("cluster_state")
+            if state != "ok":
+                raise ClusterDownError(f"cluster_state is {state}")
+            # Keyless, so it must be sent to every primary: each one takes some of the writes.
+            self.redis.execute_command("EVALSHA", self._shas["ready"], 0, target_nodes=RedisCluster.PRIMARIES)
+        else:
+            self.redis.evalsha(self._shas["ready"], 0)
+
     def save_cost(self, payload):
         """Store a loaded cost payload, cluster totals included; one round trip."""
         namespace, ts = payload["namespace"], encode(payload["timestamp"])
@@ -193,10 +213,32 @@ class StateRepository:
             for name, seconds in escalations.items():
                 pipe.set(self.escalation_key(namespace, name), value, nx=True, ex=max(1, math.ceil(seconds)))
 
-        replies = self._run(build) if names or escalations else []
-        claimed = [name for name, won in zip(names, replies) if won]
-        escalated = [name for name, won in zip(escalations, replies[len(names) :]) if won]
+        if not names and not escalations:
+            return [], []
+        replies = self._run(build, raise_errors=False)
+        claimed = [name for name, won in zip(names, replies) if won is True]
+        escalated = [name for name, won in zip(escalations, replies[len(names) :]) if won is True]
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        if errors:
+            # Redis can refuse some SETs of a pipeline and take others (OOM at the edge of maxmemory):
+            # the ones it took must not stay held by a request that will answer 503 and send nothing.
+            self.release(namespace, claimed, escalated, now)
+            raise errors[0]
         return claimed, escalated
+
+    def release(self, namespace, claimed, escalated, now):
+        """Give back the claims made at `now` (those still ours), so that a resend can claim them again."""
+        value = str(int(now))
+        keys = [self.trigger_key(namespace, n) for n in claimed]
+        keys += [self.escalation_key(namespace, n) for n in escalated]
+        if not keys:
+            return
+
+        def build(pipe, shas):
+            for key in keys:
+                _evalsha(pipe, shas["release"], (key,), value)
+
+        self._run(build)
 
     def settle_delivered(self, namespace, claimed, risk, now):
         """After a delivery: note `last_trigger` for the windows claimed at `now`, and mark the ones
@@ -266,8 +308,11 @@ class StateRepository:
                 saved.stale.append(row["name"])
         return saved
 
-    def _run(self, build):
-        """Send what `build` queues in one pipeline; reload the Lua scripts once if Redis lost them."""
+    def _run(self, build, raise_errors=True):
+        """Send what `build` queues in one pipeline; reload the Lua scripts once if Redis lost them.
+
+        An error reply is raised, unless `raise_errors` is false: then the replies come back as they are.
+        """
         if self._shas is None:
             self._load_scripts()
         replies = self._execute(build)
@@ -276,7 +321,7 @@ class StateRepository:
             self._load_scripts()
             replies = self._execute(build)
         for reply in replies:
-            if isinstance(reply, Exception):
+            if raise_errors and isinstance(reply, Exception):
                 raise reply
         return replies
 

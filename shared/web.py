@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from flask import Flask, abort, current_app, g, jsonify, request
 from flask_httpauth import HTTPTokenAuth
 from marshmallow import Schema, ValidationError
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from shared import cli, logs, metrics
 from shared.config import DEFAULTS, ConfigError, Settings, parse_settings, read_environment
 from shared.ingest import Aggregator, Source
 from shared.openapi import build_openapi
-from shared.redis_connection import REDIS_UNAVAILABLE, connect_redis
+from shared.redis_connection import connect_redis, unavailable_code
 from shared.state import StateRepository
 from shared.webhook import AgentWebhook, utc_now_iso
 
@@ -90,15 +91,8 @@ def handle_error(exc):
     elif isinstance(exc, HTTPException):
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         error = ApiError(exc.code, exc.description, headers=headers)
-    elif isinstance(exc, REDIS_UNAVAILABLE):
-        metrics.REDIS_ERRORS.labels(service().name).inc()
-        log.error("redis unavailable: %s: %s", type(exc).__name__, exc, extra={"request_id": g.get("request_id")})
-        error = ApiError(
-            503,
-            "State store unavailable; retry later.",
-            code="REDIS_UNAVAILABLE",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        )
+    elif isinstance(exc, RedisError) and unavailable_code(exc):
+        error = redis_unavailable(exc)
     else:
         log.exception("unhandled error", extra={"request_id": g.get("request_id")})
         error = ApiError(500, "Internal error.")
@@ -115,6 +109,20 @@ def handle_error(exc):
     response.status_code = error.status
     response.headers.update(error.headers)
     return response
+
+
+def redis_unavailable(exc, details=None):
+    """The 503 for a Redis error that means "retry later", named by its code; counted and logged."""
+    code = unavailable_code(exc)
+    metrics.REDIS_ERRORS.labels(service().name).inc()
+    log.error("redis unavailable: %s: %s", code, exc, extra={"request_id": g.get("request_id")})
+    return ApiError(
+        503,
+        "State store unavailable; retry later.",
+        code=code,
+        details=details,
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
 
 
 def new_request_id():
@@ -161,8 +169,13 @@ def healthz():
 
 
 def readyz():
-    """Readiness: Redis answers, so ingest can succeed."""
-    service().aggregator.repository.ping()
+    """Readiness: an ingest would succeed now (Redis takes writes and runs our scripts), else a 503 saying why."""
+    try:
+        service().aggregator.repository.check_ready()
+    except RedisError as exc:
+        if not unavailable_code(exc):
+            raise
+        raise redis_unavailable(exc, {"status": "not_ready", "reason": unavailable_code(exc).lower()}) from None
     return jsonify(status="ready")
 
 
