@@ -42,6 +42,10 @@ def price(cluster, state, recommendation):
     per_core = hourly / requested
     current = state["req_cpu"] * per_core
     recommended = recommendation["cpu_cores"] * per_core
+    # The payload floors keep these finite; state stored before them might not, and a trigger
+    # carrying Infinity or NaN is refused by a strict JSON agent.
+    if not all(math.isfinite(v) for v in (per_core, current, recommended, recommended - current)):
+        return None
     return {
         "price_per_cpu_core_hour_gbp": round(per_core, 6),
         "current_gbp_per_hour": round(current, 6),

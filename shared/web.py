@@ -12,7 +12,7 @@ from flask import Flask, abort, current_app, g, jsonify, request
 from flask_httpauth import HTTPTokenAuth
 from marshmallow import Schema, ValidationError
 from redis.exceptions import RedisError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from shared import cli, logs, metrics
 from shared.config import DEFAULTS, ConfigError, Settings, parse_settings, read_environment
@@ -30,12 +30,18 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 ERROR_CODES = {
     400: "BAD_REQUEST",
     401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
     413: "PAYLOAD_TOO_LARGE",
+    414: "URI_TOO_LONG",
     415: "UNSUPPORTED_MEDIA_TYPE",
+    417: "EXPECTATION_FAILED",
     422: "VALIDATION_ERROR",
+    431: "HEADERS_TOO_LARGE",
     500: "INTERNAL_ERROR",
+    501: "NOT_IMPLEMENTED",
     503: "SERVICE_UNAVAILABLE",
 }
 
@@ -96,19 +102,23 @@ def handle_error(exc):
     else:
         log.exception("unhandled error", extra={"request_id": g.get("request_id")})
         error = ApiError(500, "Internal error.")
-    body = {
+    response = jsonify(error_body(error, g.get("request_id") or new_request_id()))
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response
+
+
+def error_body(error, request_id):
+    """The integration guide's JSON error document for an ApiError."""
+    return {
         "error": {
             "code": error.code,
             "message": error.message,
             "details": error.details,
-            "request_id": g.get("request_id") or new_request_id(),
+            "request_id": request_id,
             "timestamp": utc_now_iso(),
         }
     }
-    response = jsonify(body)
-    response.status_code = error.status
-    response.headers.update(error.headers)
-    return response
 
 
 def redis_unavailable(exc, details=None):
@@ -138,7 +148,22 @@ def read_json_object():
     """The request body as a JSON object, or an ApiError saying why it is not one."""
     if not request.is_json:
         raise ApiError(415, "Content-Type must be application/json.")
-    raw = request.get_data(cache=False)  # werkzeug refuses bodies over MAX_CONTENT_LENGTH with 413
+    try:
+        raw = request.get_data(cache=False)  # werkzeug refuses a Content-Length over MAX_CONTENT_LENGTH with 413
+        # ...but stops reading a chunked body at the limit without a word: one byte more means too large.
+        too_large = (
+            request.content_length is None
+            and len(raw) >= current_app.config["MAX_CONTENT_LENGTH"]
+            and request.environ["wsgi.input"].read(1)
+        )
+    except ClientDisconnected as exc:
+        # werkzeug reports the server's client read timeout as a disconnection: a body trickling in
+        # (or stalled half way) is cut by that timeout, so that it cannot hold a thread for ever.
+        if isinstance(exc.__context__, TimeoutError):
+            raise ApiError(408, "The request body did not arrive in time.") from None
+        raise
+    if too_large:
+        raise ApiError(413, "Request body is larger than MAX_BODY_BYTES.")
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
