@@ -7,6 +7,7 @@ would outlast them; a watchdog shuts the socket at the deadline instead.
 """
 
 import contextlib
+import http.client
 import json
 import logging
 import random
@@ -68,8 +69,22 @@ class Delivery:
 _in_use = threading.local()
 
 
+class _StatusNotingResponse(http.client.HTTPResponse):
+    """Notes each status line read for the calling thread's delivery, before any header is read:
+    a 2xx status line counts as delivered even when the agent then drips its headers past the deadline."""
+
+    def _read_status(self):
+        version, status, reason = super()._read_status()
+        statuses = getattr(_in_use, "statuses", None)
+        if statuses is not None:
+            statuses.append(status)
+        return version, status, reason
+
+
 class _WatchedConnection:
     """Registers itself with the delivery of the calling thread each time it sends a request."""
+
+    response_class = _StatusNotingResponse
 
     def request(self, *args, **kwargs):
         connections = getattr(_in_use, "connections", None)
@@ -117,18 +132,19 @@ class _Watchdog:
 
     def __init__(self, seconds):
         self.connections = []
+        self.statuses = []
         self.fired = threading.Event()
         self._timer = threading.Timer(seconds, self._cut)
         self._timer.daemon = True
 
     def __enter__(self):
-        _in_use.connections = self.connections
+        _in_use.connections, _in_use.statuses = self.connections, self.statuses
         self._timer.start()
         return self
 
     def __exit__(self, *exc_info):
         self._timer.cancel()
-        _in_use.connections = None
+        _in_use.connections = _in_use.statuses = None
 
     def _cut(self):
         self.fired.set()
@@ -199,6 +215,7 @@ class AgentWebhook:
             remaining = max(0.001, deadline - time.monotonic())
             timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
             wait = None
+            statuses_before = len(watchdog.statuses)
             try:
                 # stream: the status line is what counts, and a body the agent drips is never read.
                 with self.session.post(
@@ -214,6 +231,10 @@ class AgentWebhook:
             except requests.RequestException as exc:
                 status, error = None, type(exc).__name__
                 if watchdog.fired.is_set():
+                    seen = watchdog.statuses[statuses_before:]
+                    if seen and 200 <= seen[-1] < 300:
+                        # The agent said 2xx, then dripped its headers until the deadline cut it.
+                        return Delivery(True, seen[-1], None, time.monotonic() - started, attempt, webhook_id)
                     error = f"budget of {self.budget:g} s spent ({error})"
                 log.warning(
                     "agent webhook attempt failed",
