@@ -55,7 +55,7 @@ class RedisServer:
 
     def client(self, **kwargs):
         """A client of this server (as the default user)."""
-        return redis.Redis(port=self.port, socket_timeout=1, **kwargs)
+        return redis.Redis(port=self.port, **{"socket_timeout": 1, **kwargs})
 
     def start(self):
         """Start the server and wait until it answers."""
@@ -350,3 +350,55 @@ class SocketAgent:
                         return  # the sender hung up: what a hard deadline looks like from here
             else:
                 self._stop.wait()
+
+
+class RefusingRedis:
+    """A socket-level stand-in for a Redis that answers every command with the same error reply,
+    e.g. "LOADING ..." (a real server only says it for the moments it loads its data)."""
+
+    def __init__(self, error):
+        self.error = error
+        self.commands = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self):
+        """The URL a client connects with."""
+        return f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
+
+    def start(self):
+        """Serve in a background thread; return self."""
+        self._thread.start()
+        return self
+
+    def stop(self):
+        """Stop serving."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        reader = conn.makefile("rb")
+        with conn, reader:
+            while not self._stop.is_set():
+                # A RESP command is an array of bulk strings: *N, then N times $len and the bytes.
+                header = reader.readline()
+                if not header.startswith(b"*"):
+                    return
+                args = []
+                for _ in range(int(header[1:])):
+                    size = int(reader.readline()[1:])
+                    args.append(reader.read(size + 2)[:-2])
+                self.commands.append(args)
+                conn.sendall(f"-{self.error}\r\n".encode())
