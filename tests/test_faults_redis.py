@@ -5,9 +5,12 @@ import threading
 
 import pytest
 import redis
+import requests
 
 from cost_service import create_app as create_cost_app
-from tests.support import RedisServer, RefusingRedis, wait_until
+from shared.state import StateRepository
+from tests.conftest import COST_TOKEN
+from tests.support import GunicornService, RedisServer, RefusingRedis, wait_until
 
 
 def post(client, payload, headers):
@@ -119,3 +122,126 @@ def test_redis_loading_its_data_is_not_ready(base_config, cost_payload, cost_hea
         assert_refused(app_on(base_config, loading.url), cost_payload, cost_headers, "REDIS_LOADING")
     finally:
         loading.stop()
+
+
+OOM_PAYLOADS = 40
+OOM_DEPLOYMENTS = 150
+
+
+def wasteful_payload(seq):
+    """A cost payload of deployments of its own, every one wasting 95 % of its CPU (so every one fires)."""
+    rows = [
+        {
+            "name": f"p{seq}-d{i}",
+            "current_requests": {"cpu_cores": 2.0, "memory_mb": 1024},
+            "current_usage": {"cpu_cores": 0.1, "memory_mb": 100},
+        }
+        for i in range(OOM_DEPLOYMENTS)
+    ]
+    return {
+        "source": "cost-engine",
+        "timestamp": f"2024-01-01T12:{seq // 60:02d}:{seq % 60:02d}Z",
+        "namespace": "default",
+        "cluster_totals": {"vm_count": 3, "current_hourly_cost_gbp": 1.25},
+        "deployments": rows,
+    }
+
+
+@pytest.mark.gunicorn
+def test_redis_running_out_of_memory_loses_no_trigger(tmp_path, receiver):
+    server = RedisServer(tmp_path / "oom", extra=("--maxmemory-policy", "noeviction")).start()
+    env = {
+        "REDIS_URL": server.url,
+        "AGENT_WEBHOOK_URL": receiver.url,
+        "COST_ENGINE_TOKEN": COST_TOKEN,
+        "LOG_LEVEL": "CRITICAL",
+    }
+    service = GunicornService("cost_service:create_app()", env, workers=2).start(tmp_path / "cost.log")
+    store = server.client()
+    headers = {"Authorization": f"Bearer {COST_TOKEN}"}
+    try:
+        # Room for about half of what the payloads need, so that memory runs out while they arrive.
+        store.config_set("maxmemory", store.info("memory")["used_memory"] + 1024 * 1024)
+        queue, outcomes = list(range(OOM_PAYLOADS)), []
+
+        def send():
+            with requests.Session() as session:
+                while queue:
+                    seq = queue.pop()
+                    response = session.post(
+                        f"{service.url}/metrics/cost", json=wasteful_payload(seq), headers=headers, timeout=10
+                    )
+                    code = response.json()["error"]["code"] if response.status_code != 201 else None
+                    outcomes.append((seq, response.status_code, code))
+
+        senders = [threading.Thread(target=send) for _ in range(4)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(timeout=60)
+
+        assert {(status, code) for _, status, code in outcomes} == {(201, None), (503, "REDIS_OUT_OF_MEMORY")}
+        # No window is held without its trigger having reached the agent.
+        delivered = [name for name, _ in receiver.triggered()]
+        held = {key.decode().split(":")[2] for key in store.scan_iter("trigger:*")}
+        assert held <= set(delivered)
+
+        # Full up: readiness says so, with the reason.
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for i in range(100_000):
+                store.set(f"filler:{i}", "x" * 10_000)
+        ready = requests.get(f"{service.url}/readyz", timeout=5)
+        assert ready.status_code == 503
+        assert ready.json()["error"]["details"] == {"status": "not_ready", "reason": "redis_out_of_memory"}
+
+        # Memory back; the callers resend what was refused, some of it stored (and triggered) already.
+        store.config_set("maxmemory", 0)
+        assert requests.get(f"{service.url}/readyz", timeout=5).status_code == 200
+        for seq in sorted(seq for seq, status, _ in outcomes if status == 503):
+            response = requests.post(
+                f"{service.url}/metrics/cost", json=wasteful_payload(seq), headers=headers, timeout=10
+            )
+            assert response.status_code == 201
+    finally:
+        service.stop()
+        server.stop()
+    # Every deployment reached the agent, and none twice: the resends were harmless.
+    delivered = sorted(name for name, _ in receiver.triggered())
+    assert delivered == sorted(f"p{seq}-d{i}" for seq in range(OOM_PAYLOADS) for i in range(OOM_DEPLOYMENTS))
+
+
+def test_claims_won_before_redis_ran_out_of_memory_are_released(tmp_path):
+    server = RedisServer(tmp_path / "oom", extra=("--maxmemory-policy", "noeviction")).start()
+    try:
+        store = server.client()
+        repository = StateRepository(store, cooldown_seconds=1800)
+        names = [f"deployment-{i}" for i in range(5000)]
+        # Room for a few hundred of the 5000 claim keys: Redis takes the first SETs and refuses the rest.
+        store.config_set("maxmemory", store.info("memory")["used_memory"] + 100 * 1024)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            repository.claim("default", names, {}, now=1_700_000_000)
+        assert list(store.scan_iter("trigger:*")) == []
+        # Once memory is back, every window can be claimed: none is held by the request that failed.
+        store.config_set("maxmemory", 0)
+        claimed, _ = repository.claim("default", names, {}, now=1_700_000_001)
+        assert claimed == names
+    finally:
+        server.stop()
+
+
+def test_claims_are_released_when_the_request_dies_before_an_outcome(
+    cost_app, redis_client, cost_payload, cost_headers
+):
+    aggregator = cost_app.extensions["aggregator"].aggregator
+
+    def told_to_exit(message, request_id):
+        raise SystemExit(1)  # what gunicorn's worker abort does to a request in flight
+
+    aggregator.webhook.deliver = told_to_exit
+    with pytest.raises(SystemExit):
+        aggregator.ingest(cost_app.extensions["aggregator"].source, load(cost_app, cost_payload), "req-1")
+    assert redis_client.keys("trigger:*") == []
+
+
+def load(app, payload):
+    return app.extensions["aggregator"].schema.load(payload)
