@@ -7,6 +7,7 @@ requests gunicorn itself refuses (a malformed header, a folded one) get the same
 as the app's own errors instead of gunicorn's HTML page.
 """
 
+import errno
 import json
 import socket
 from http import HTTPStatus
@@ -35,6 +36,11 @@ NOT_CLIENT_ERRORS = (
 )
 
 
+class ClientReadTimeout(ConnectionResetError, TimeoutError):
+    """A client sent nothing for the read timeout: a timeout, which gunicorn treats as the reset it
+    logs quietly (a plain timeout would log a traceback per stalled client)."""
+
+
 class _TimedSocket(socket.socket):
     """A client socket whose blocking mode always carries the worker's read timeout."""
 
@@ -47,6 +53,20 @@ class _TimedSocket(socket.socket):
             self.settimeout(self.read_timeout)
         else:
             super().setblocking(False)
+
+    def recv(self, *args):
+        """socket.recv, raising ClientReadTimeout when the client stalls."""
+        try:
+            return super().recv(*args)
+        except TimeoutError:
+            raise ClientReadTimeout(errno.ECONNRESET, "client read timeout") from None
+
+    def recv_into(self, *args):
+        """socket.recv_into, raising ClientReadTimeout when the client stalls."""
+        try:
+            return super().recv_into(*args)
+        except TimeoutError:
+            raise ClientReadTimeout(errno.ECONNRESET, "client read timeout") from None
 
 
 def client_error_status(exc):
