@@ -155,15 +155,15 @@ class StateRepository:
     def check_ready(self):
         """Raise the Redis error an ingest would meet now: down, read-only, out of memory, no permission, a
         cluster missing slots; loading the scripts on the way proves they are loadable."""
-        self._load_scripts()
+        shas = self._load_scripts()
         if isinstance(self.redis, RedisCluster):
             state = self.redis.cluster_info().get("cluster_state")
             if state != "ok":
                 raise ClusterDownError(f"cluster_state is {state}")
             # Keyless, so it must be sent to every primary: each one takes some of the writes.
-            self.redis.execute_command("EVALSHA", self._shas["ready"], 0, target_nodes=RedisCluster.PRIMARIES)
+            self.redis.execute_command("EVALSHA", shas["ready"], 0, target_nodes=RedisCluster.PRIMARIES)
         else:
-            self.redis.evalsha(self._shas["ready"], 0)
+            self.redis.evalsha(shas["ready"], 0)
 
     def save_cost(self, payload):
         """Store a loaded cost payload, cluster totals included; one round trip."""
@@ -331,7 +331,8 @@ class StateRepository:
         return pipe.execute(raise_on_error=False)
 
     def _load_scripts(self):
-        self._shas = {name: self.redis.script_load(body) for name, body in SCRIPTS.items()}
+        self._shas = shas = {name: self.redis.script_load(body) for name, body in SCRIPTS.items()}
+        return shas
 
 
 def _record_json(record):

@@ -74,30 +74,27 @@ class _StatusNotingResponse(http.client.HTTPResponse):
     a 2xx status line counts as delivered even when the agent then drips its headers past the deadline."""
 
     def _read_status(self):
-        version, status, reason = super()._read_status()
+        version, status, reason = super()._read_status()  # type: ignore[misc]
         statuses = getattr(_in_use, "statuses", None)
         if statuses is not None:
             statuses.append(status)
         return version, status, reason
 
 
-class _WatchedConnection:
+class _WatchedHTTPConnection(HTTPConnection):
     """Registers itself with the delivery of the calling thread each time it sends a request."""
 
     response_class = _StatusNotingResponse
 
     def request(self, *args, **kwargs):
+        """urllib3's request, after telling the calling thread's watchdog which connection it uses."""
         connections = getattr(_in_use, "connections", None)
         if connections is not None:
             connections.append(self)
         return super().request(*args, **kwargs)
 
 
-class _WatchedHTTPConnection(_WatchedConnection, HTTPConnection):
-    pass
-
-
-class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
     pass
 
 
