@@ -10,7 +10,7 @@ import requests
 from cost_service import create_app as create_cost_app
 from shared.state import StateRepository
 from tests.conftest import COST_TOKEN
-from tests.support import GunicornService, RedisServer, RefusingRedis, wait_until
+from tests.support import GunicornService, RedisClusterServers, RedisServer, RefusingRedis, wait_until
 
 
 def post(client, payload, headers):
@@ -245,3 +245,25 @@ def test_claims_are_released_when_the_request_dies_before_an_outcome(
 
 def load(app, payload):
     return app.extensions["aggregator"].schema.load(payload)
+
+
+def test_readiness_runs_its_write_probe_on_single_redis_and_cluster(base_config, store):
+    url, cluster, _ = store
+    config = {**base_config, "REDIS_URL": url, "REDIS_CLUSTER": "true" if cluster else "false"}
+    assert create_cost_app(config).test_client().get("/readyz").get_json() == {"status": "ready"}
+
+
+@pytest.mark.cluster
+def test_a_cluster_that_lost_a_primary_is_not_ready(base_config, tmp_path):
+    servers = RedisClusterServers(tmp_path / "cluster").start()
+    try:
+        config = {**base_config, "REDIS_URL": servers.url, "REDIS_CLUSTER": "true", "REDIS_TIMEOUT_SECONDS": "0.5"}
+        client = create_cost_app(config).test_client()
+        assert client.get("/readyz").status_code == 200
+        servers.processes[-1].kill()  # a primary holding a third of the slots, never the seed node
+        servers.processes[-1].wait(timeout=10)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.get_json()["error"]["details"] == {"status": "not_ready", "reason": "redis_unavailable"}
+    finally:
+        servers.stop()
