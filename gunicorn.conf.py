@@ -12,8 +12,13 @@ from shared.logs import GUNICORN_LOGGING
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{whole_number('PORT')}"
 workers = whole_number("WEB_CONCURRENCY")
-worker_class = "sync"
-# Above the webhook's connect + read timeouts, so a slow agent never gets a worker killed.
+# Threads, so that clients stalled mid-request (no buffering proxy in front of the pods) occupy a
+# thread each until CLIENT_READ_TIMEOUT_SECONDS cuts them, never a whole worker; see shared/gunicorn_worker.py.
+worker_class = "shared.gunicorn_worker.ThreadWorker"
+threads = whole_number("GUNICORN_THREADS")
+client_read_timeout = whole_number("CLIENT_READ_TIMEOUT_SECONDS")
+# The threaded worker's heartbeat does not wait for requests, so this no longer cuts a slow request
+# (the webhook's budget and the client read timeout do); it still restarts a worker that hangs.
 timeout = whole_number("GUNICORN_TIMEOUT")
 graceful_timeout = whole_number("GUNICORN_GRACEFUL_TIMEOUT")
 # Load the app in the master: a bad setting stops the whole server at once with one message.
@@ -67,3 +72,8 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """Hand the client read timeout to the worker (gunicorn has no setting for it)."""
+    worker.client_read_timeout = client_read_timeout

@@ -123,6 +123,10 @@ class SingleRunner:
         keys, argv = _flatten(units, header)
         return list(_evalsha(self.redis, script, [len(keys), *keys, *argv]))
 
+    def probe(self, script: Script) -> None:
+        """Run a keyless script once; raise what Redis answers when it refuses."""
+        _evalsha(self.redis, script, [0])
+
 
 class ClusterRunner:
     """Runs a script over units in one call per primary of a Redis Cluster.
@@ -203,6 +207,20 @@ class ClusterRunner:
         else:
             for index, value in zip(indexes, reply):
                 results[index] = value
+
+    def probe(self, script: Script) -> None:
+        """Raise unless the cluster is whole (cluster_state:ok) and every primary runs a keyless script."""
+        cluster = self._client()
+        try:
+            state = cluster.cluster_info().get("cluster_state")
+            if state != "ok":
+                raise ClusterDownError(f"cluster_state is {state}")
+            # Keyless, so it goes to each primary in turn: every one of them takes some of the writes.
+            for node in cluster.get_primaries():
+                _evalsha(cluster.get_redis_connection(node), script, [0])
+        except _NODE_LOST as exc:
+            self.refresh(exc)
+            raise
 
     def _client(self):
         return self.cluster.client() if isinstance(self.cluster, LazyCluster) else self.cluster

@@ -1,5 +1,6 @@
 """One ingest request, start to finish: store, evaluate, claim cooldowns, trigger, settle the claims."""
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,16 +18,21 @@ from shared.rules import (
 from shared.state import StateRepository
 from shared.webhook import AgentWebhook, build_trigger, utc_now_iso
 
+log = logging.getLogger("aggregator")
+
 
 def failed_record(message, delivery, request_id):
     """What triggers:{namespace}:failed keeps of a failed delivery: enough to send it again as it was."""
-    return {
+    record = {
         "message": message,
         "error": delivery.error,
         "failed_at": utc_now_iso(),
         "webhook_id": delivery.webhook_id,
         "request_id": request_id,
     }
+    if delivery.location is not None:
+        record["location"] = delivery.location  # where a redirect pointed; never followed
+    return record
 
 
 @dataclass(frozen=True)
@@ -90,18 +96,25 @@ class Aggregator:
         sent, escalated_names = claimed + escalated, set(escalated)
         delivery, outcome = "none", None
         if sent:
-            # Read here, for the few deployments triggered, so the storing script stays lean.
-            histories = self.repository.histories(namespace, sent)
-            message = build_trigger(
-                source.name,
-                namespace,
-                saved.cluster,
-                [
-                    self._item(namespace, name, firing[name], saved, histories[name], name in escalated_names)
-                    for name in sent
-                ],
-            )
-            outcome = self.webhook.deliver(message, request_id)
+            try:
+                # Read here, for the few deployments triggered, so the storing script stays lean.
+                histories = self.repository.histories(namespace, sent)
+                message = build_trigger(
+                    source.name,
+                    namespace,
+                    saved.cluster,
+                    [
+                        self._item(namespace, name, firing[name], saved, histories[name], name in escalated_names)
+                        for name in sent
+                    ],
+                )
+                outcome = self.webhook.deliver(message, request_id)
+            except BaseException:
+                # Whatever stops us before an outcome (Redis refusing the history read, a bug, the
+                # worker being told to exit) must not leave windows claimed with nothing sent: give
+                # them back, so a resend triggers.
+                self._release_after_failure(namespace, claimed, escalated, now, request_id)
+                raise
             if outcome.ok:
                 self.repository.settle_delivered(namespace, claimed, now)
                 delivery = "ok"
@@ -121,6 +134,13 @@ class Aggregator:
             "delivery": delivery,
         }
         return IngestResult(body, firing, held, outcome)
+
+    def _release_after_failure(self, namespace, claimed, escalated, now, request_id):
+        """Give back the claims of a request that is failing; the original error is the one to report."""
+        try:
+            self.repository.release(namespace, claimed, escalated, now)
+        except Exception:
+            log.exception("claims not released; they expire with the cooldown", extra={"request_id": request_id})
 
     def _item(self, namespace, name, reasons, saved, history, escalation):
         """One entry of the trigger: why, the stored state, and what to do about it at what price."""

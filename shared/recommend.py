@@ -121,6 +121,10 @@ def price(cluster, state, recommendation, cpu_memory_price_ratio=DEFAULT_CPU_MEM
     )
     current = state["req_cpu"] * per_core + state.get("req_mem", 0) / MIB_PER_GIB * per_gib
     recommended = recommendation["cpu_cores"] * per_core + recommendation["memory_mb"] / MIB_PER_GIB * per_gib
+    # The payload floors keep these finite; state stored before them might not, and a trigger
+    # carrying Infinity or NaN is refused by a strict JSON agent.
+    if not all(math.isfinite(v) for v in (per_core, per_gib, current, recommended, recommended - current)):
+        return None
     return {
         "price_per_cpu_core_hour_gbp": round(per_core, 6),
         "price_per_memory_gib_hour_gbp": round(per_gib, 6),

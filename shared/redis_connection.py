@@ -9,15 +9,41 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode
 from redis.retry import Retry
 
-# Redis being away (down, failing over, loading) is the caller's cue to retry, not our bug.
-REDIS_UNAVAILABLE = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,
-    redis_errors.ClusterDownError,
-    redis_errors.TryAgainError,
-    redis_errors.MasterDownError,
+# Redis being away (down, failing over, loading) or refusing writes (out of memory, a read-only
+# replica, an ACL without our commands) is the caller's cue to retry, not our bug. Each error gets
+# the code the 503 names it by; the first matching class wins, so subclasses come before parents.
+UNAVAILABLE_CODES = (
+    (redis_errors.OutOfMemoryError, "REDIS_OUT_OF_MEMORY"),
+    (redis_errors.ReadOnlyError, "REDIS_READ_ONLY"),
+    (redis_errors.MasterDownError, "REDIS_MASTER_DOWN"),
+    (redis_errors.BusyLoadingError, "REDIS_LOADING"),
+    (redis_errors.NoPermissionError, "REDIS_NO_PERMISSION"),
+    (redis_errors.ConnectionError, "REDIS_UNAVAILABLE"),
+    (redis_errors.TimeoutError, "REDIS_UNAVAILABLE"),
+    (redis_errors.ClusterDownError, "REDIS_UNAVAILABLE"),
+    (redis_errors.TryAgainError, "REDIS_UNAVAILABLE"),
 )
+# Refusals redis-py has no class for: it keeps the reply's first word in the message.
+UNAVAILABLE_PREFIXES = (
+    ("OOM ", "REDIS_OUT_OF_MEMORY"),
+    ("BUSY ", "REDIS_BUSY"),
+    ("MISCONF ", "REDIS_PERSISTENCE_FAILING"),
+    ("MASTERDOWN ", "REDIS_MASTER_DOWN"),
+)
+REDIS_UNAVAILABLE = tuple(error for error, _ in UNAVAILABLE_CODES)
+
+
+def unavailable_code(exc):
+    """The error code for a Redis error that means "retry later", or None when it is a bug of ours."""
+    for error, code in UNAVAILABLE_CODES:
+        if isinstance(exc, error):
+            return code
+    if isinstance(exc, redis_errors.ResponseError):
+        message = str(exc)
+        for prefix, code in UNAVAILABLE_PREFIXES:
+            if message.startswith(prefix):
+                return code
+    return None
 
 
 def _client_options(settings):

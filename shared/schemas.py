@@ -27,6 +27,9 @@ MAX_HOURLY_COST = 1_000_000_000
 MAX_VM_COUNT = 1_000_000
 # The two quantities of every resource object in a deployment entry, with their upper bounds.
 QUANTITY_LIMITS = {"cpu_cores": MAX_CPU_CORES, "memory_mb": MAX_MEMORY_MB}
+# Below a millicore (Kubernetes' smallest CPU unit) and a byte, a quantity is noise, yet as a divisor
+# it overflows a price or a ratio to Infinity: such values are loaded as zero (documented).
+QUANTITY_FLOORS = {"cpu_cores": 0.001, "memory_mb": 1 / (1024 * 1024)}
 # A timestamp from the future would make every later payload look stale; allow clock skew only.
 MAX_FUTURE_SECONDS = 3600
 
@@ -43,6 +46,11 @@ def number_error(value, maximum, minimum=0):
     if value > maximum:
         return f"Must be less than or equal to {maximum}."
     return None
+
+
+def floored(key, value):
+    """A quantity as stored: zero when it is below its key's floor (QUANTITY_FLOORS)."""
+    return 0 if value < QUANTITY_FLOORS[key] else value
 
 
 def _in_range(value, maximum):
@@ -139,7 +147,8 @@ class DeploymentList(fields.Field):
                 return None
             if not all(_in_range(values.get(key), top) for key, top in QUANTITY_LIMITS.items()):
                 return None
-            row[cpu_field], row[mem_field] = values["cpu_cores"], values["memory_mb"]
+            row[cpu_field] = floored("cpu_cores", values["cpu_cores"])
+            row[mem_field] = floored("memory_mb", values["memory_mb"])
         seen.add(name)
         return row
 
@@ -175,7 +184,7 @@ class DeploymentList(fields.Field):
                 if message:
                     group_errors[key] = [message]
                 else:
-                    row[target] = values[key]
+                    row[target] = floored(key, values[key])
             if group_errors:
                 errors[group] = group_errors
         return row, errors

@@ -205,6 +205,11 @@ return out
 """
 )
 
+# The readiness probe. A script declared with a shebang and no flags is one Redis treats as a write
+# before it runs: refused on a read-only replica (READONLY), over maxmemory (OOM), without
+# +@scripting (NOPERM), so running it answers "would an ingest's writes succeed now" in one call.
+READY = Script("#!lua\nreturn 1\n")
+
 
 def encode(value):
     """A number as Redis stores it: ints stay ints, floats keep their shortest exact form."""
@@ -274,6 +279,11 @@ class StateRepository:
     def ping(self):
         """Raise a redis error unless Redis answers."""
         self.redis.ping()
+
+    def check_ready(self):
+        """Raise the Redis error an ingest would meet now: down, read-only, out of memory, no permission,
+        a cluster missing slots (the write probe runs on every primary)."""
+        self.runner.probe(READY)
 
     def save_cost(self, payload):
         """Store a loaded cost payload, cluster totals included; one script call (per node)."""
@@ -392,14 +402,9 @@ class StateRepository:
         escalated = [name for name, reply in zip(names, replies) if reply == ESCALATED]
         return claimed, escalated
 
-    def settle_delivered(self, namespace, claimed, now):
-        """After a delivery: note `last_trigger` for the windows claimed at `now`."""
-        value = str(int(now))
-        units = [Unit((self.app_key(namespace, name),)) for name in claimed]
-        raise_first(self.runner.run(SETTLE, units, lambda _: [value]))
-
-    def settle_failed(self, namespace, claimed, escalated, now, record):
-        """After a failed delivery: give back the claims made at `now` and keep `record` for people to read."""
+    def release(self, namespace, claimed, escalated, now, record=None):
+        """Give back the claims made at `now` (those still ours), so that a resend can claim them
+        again; with `record`, also keep it in the failed list for people to read."""
         value = str(int(now))
         escalated = set(escalated)
         units = [
@@ -409,12 +414,25 @@ class StateRepository:
             )
             for name in [*claimed, *escalated]
         ]
-        units.append(Unit((self.failed_key(namespace),), (_record_json(record),), ITEM))
+        if record is not None:
+            units.append(Unit((self.failed_key(namespace),), (_record_json(record),), ITEM))
+        if not units:
+            return
 
         def header(subset):
             return [value, sum(unit.kind == ROW for unit in subset)]
 
         raise_first(self.runner.run(RELEASE, units, header))
+
+    def settle_delivered(self, namespace, claimed, now):
+        """After a delivery: note `last_trigger` for the windows claimed at `now`."""
+        value = str(int(now))
+        units = [Unit((self.app_key(namespace, name),)) for name in claimed]
+        raise_first(self.runner.run(SETTLE, units, lambda _: [value]))
+
+    def settle_failed(self, namespace, claimed, escalated, now, record):
+        """After a failed delivery: give back the claims made at `now` and keep `record` for people to read."""
+        self.release(namespace, claimed, escalated, now, record)
 
     def failed_triggers(self, namespace, limit=FAILED_KEEP):
         """The records of failed deliveries, newest first."""

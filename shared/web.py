@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from flask import Flask, abort, current_app, g, jsonify, request
 from flask_httpauth import HTTPTokenAuth
 from marshmallow import Schema, ValidationError
-from werkzeug.exceptions import HTTPException
+from redis.exceptions import RedisError
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from shared import cli, logs, metrics
 from shared.config import DEFAULTS, ConfigError, Settings, parse_settings, read_environment
 from shared.ingest import Aggregator, Source
 from shared.openapi import build_openapi
-from shared.redis_connection import REDIS_UNAVAILABLE, connect_redis
+from shared.redis_connection import connect_redis, unavailable_code
 from shared.state import StateRepository
 from shared.webhook import AgentWebhook, utc_now_iso
 
@@ -29,12 +30,18 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 ERROR_CODES = {
     400: "BAD_REQUEST",
     401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
     413: "PAYLOAD_TOO_LARGE",
+    414: "URI_TOO_LONG",
     415: "UNSUPPORTED_MEDIA_TYPE",
+    417: "EXPECTATION_FAILED",
     422: "VALIDATION_ERROR",
+    431: "HEADERS_TOO_LARGE",
     500: "INTERNAL_ERROR",
+    501: "NOT_IMPLEMENTED",
     503: "SERVICE_UNAVAILABLE",
 }
 
@@ -90,31 +97,42 @@ def handle_error(exc):
     elif isinstance(exc, HTTPException):
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         error = ApiError(exc.code, exc.description, headers=headers)
-    elif isinstance(exc, REDIS_UNAVAILABLE):
-        metrics.REDIS_ERRORS.labels(service().name).inc()
-        log.error("redis unavailable: %s: %s", type(exc).__name__, exc, extra={"request_id": g.get("request_id")})
-        error = ApiError(
-            503,
-            "State store unavailable; retry later.",
-            code="REDIS_UNAVAILABLE",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        )
+    elif isinstance(exc, RedisError) and unavailable_code(exc):
+        error = redis_unavailable(exc)
     else:
         log.exception("unhandled error", extra={"request_id": g.get("request_id")})
         error = ApiError(500, "Internal error.")
-    body = {
+    response = jsonify(error_body(error, g.get("request_id") or new_request_id()))
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response
+
+
+def error_body(error, request_id):
+    """The integration guide's JSON error document for an ApiError."""
+    return {
         "error": {
             "code": error.code,
             "message": error.message,
             "details": error.details,
-            "request_id": g.get("request_id") or new_request_id(),
+            "request_id": request_id,
             "timestamp": utc_now_iso(),
         }
     }
-    response = jsonify(body)
-    response.status_code = error.status
-    response.headers.update(error.headers)
-    return response
+
+
+def redis_unavailable(exc, details=None):
+    """The 503 for a Redis error that means "retry later", named by its code; counted and logged."""
+    code = unavailable_code(exc)
+    metrics.REDIS_ERRORS.labels(service().name).inc()
+    log.error("redis unavailable: %s: %s", code, exc, extra={"request_id": g.get("request_id")})
+    return ApiError(
+        503,
+        "State store unavailable; retry later.",
+        code=code,
+        details=details,
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
 
 
 def new_request_id():
@@ -130,7 +148,22 @@ def read_json_object():
     """The request body as a JSON object, or an ApiError saying why it is not one."""
     if not request.is_json:
         raise ApiError(415, "Content-Type must be application/json.")
-    raw = request.get_data(cache=False)  # werkzeug refuses bodies over MAX_CONTENT_LENGTH with 413
+    try:
+        raw = request.get_data(cache=False)  # werkzeug refuses a Content-Length over MAX_CONTENT_LENGTH with 413
+        # ...but stops reading a chunked body at the limit without a word: one byte more means too large.
+        too_large = (
+            request.content_length is None
+            and len(raw) >= current_app.config["MAX_CONTENT_LENGTH"]
+            and request.environ["wsgi.input"].read(1)
+        )
+    except ClientDisconnected as exc:
+        # werkzeug reports the server's client read timeout as a disconnection: a body trickling in
+        # (or stalled half way) is cut by that timeout, so that it cannot hold a thread for ever.
+        if isinstance(exc.__context__, TimeoutError):
+            raise ApiError(408, "The request body did not arrive in time.") from None
+        raise
+    if too_large:
+        raise ApiError(413, "Request body is larger than MAX_BODY_BYTES.")
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
@@ -161,8 +194,13 @@ def healthz():
 
 
 def readyz():
-    """Readiness: Redis answers, so ingest can succeed."""
-    service().aggregator.repository.ping()
+    """Readiness: an ingest would succeed now (Redis takes writes and runs our scripts), else a 503 saying why."""
+    try:
+        service().aggregator.repository.check_ready()
+    except RedisError as exc:
+        if not unavailable_code(exc):
+            raise
+        raise redis_unavailable(exc, {"status": "not_ready", "reason": unavailable_code(exc).lower()}) from None
     return jsonify(status="ready")
 
 

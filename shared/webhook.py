@@ -1,12 +1,18 @@
 """The trigger sent to the AI agent: building the message and delivering it are separate steps.
 
 Delivery signs each call as Standard Webhooks define it (when a secret is set), retries what is
-worth retrying with backoff and jitter, and never takes longer than its budget.
+worth retrying with backoff and jitter, never follows a redirect, and never takes longer than its
+budget: requests' timeouts bound each socket read, so an agent dripping its answer byte by byte
+would outlast them; a watchdog shuts the socket at the deadline instead.
 """
 
+import contextlib
+import http.client
 import json
 import logging
 import random
+import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,11 +20,17 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import requests
+from requests.adapters import HTTPAdapter
 from standardwebhooks import Webhook
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 TRIGGER_TYPE = "deployments.thresholds_crossed"
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 2.0
+# The watchdog fires this long after the deadline, so that a timeout ending at the deadline anyway
+# keeps its own name in the outcome; the watchdog is for what the timeouts cannot catch.
+WATCHDOG_GRACE_SECONDS = 0.1
 
 log = logging.getLogger("aggregator.webhook")
 
@@ -50,6 +62,95 @@ class Delivery:
     seconds: float
     attempts: int
     webhook_id: str
+    location: str | None = None  # where a 3xx answer pointed (never followed)
+
+
+# The connections each thread's current delivery uses, for its watchdog to cut.
+_in_use = threading.local()
+
+
+class _StatusNotingResponse(http.client.HTTPResponse):
+    """Notes each status line read for the calling thread's delivery, before any header is read:
+    a 2xx status line counts as delivered even when the agent then drips its headers past the deadline."""
+
+    def _read_status(self):
+        version, status, reason = super()._read_status()  # type: ignore[misc]
+        statuses = getattr(_in_use, "statuses", None)
+        if statuses is not None:
+            statuses.append(status)
+        return version, status, reason
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    """Registers itself with the delivery of the calling thread each time it sends a request."""
+
+    response_class = _StatusNotingResponse
+
+    def request(self, *args, **kwargs):
+        """urllib3's request, after telling the calling thread's watchdog which connection it uses."""
+        connections = getattr(_in_use, "connections", None)
+        if connections is not None:
+            connections.append(self)
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """requests' adapter whose connections a delivery's watchdog can cut at its deadline."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        """The usual pool manager, building watched connections."""
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+def deadline_session():
+    """A requests Session whose http(s) connections can be cut by a delivery's watchdog."""
+    session = requests.Session()
+    adapter = DeadlineAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class _Watchdog:
+    """Shuts the sockets a delivery uses once its deadline has passed, whatever the agent is doing."""
+
+    def __init__(self, seconds):
+        self.connections = []
+        self.statuses = []
+        self.fired = threading.Event()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self):
+        _in_use.connections, _in_use.statuses = self.connections, self.statuses
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._timer.cancel()
+        _in_use.connections = _in_use.statuses = None
+
+    def _cut(self):
+        self.fired.set()
+        for connection in self.connections:
+            sock = connection.sock
+            if sock is not None:
+                # shutdown, not close: it wakes the thread blocked reading this socket.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def retry_after_seconds(response):
@@ -72,7 +173,7 @@ class AgentWebhook:
         self.url = url
         self.connect_timeout, self.read_timeout, self.budget = connect_timeout, read_timeout, budget
         self.signer = Webhook(secret) if secret else None
-        self.session = session or requests.Session()
+        self.session = session or deadline_session()
         self.sleep = sleep
 
     @classmethod
@@ -95,29 +196,57 @@ class AgentWebhook:
         deadline = started + self.budget
         # One id for the message, the same on every retry, so the agent can drop duplicates.
         webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
-        body = json.dumps(message, separators=(",", ":"))
-        attempt, status, error = 0, None, None
+        try:
+            # A strict JSON agent refuses NaN and Infinity: such a message is a bug, never sent.
+            body = json.dumps(message, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            log.exception("trigger message not serialisable", extra={"request_id": request_id})
+            return Delivery(False, None, "message not serialisable", time.monotonic() - started, 0, webhook_id)
+        with _Watchdog(self.budget + WATCHDOG_GRACE_SECONDS) as watchdog:
+            return self._attempts(body, webhook_id, request_id, started, deadline, watchdog)
+
+    def _attempts(self, body, webhook_id, request_id, started, deadline, watchdog):
+        attempt, status, error, location = 0, None, None, None
         while True:
             attempt += 1
-            remaining = deadline - time.monotonic()
+            remaining = max(0.001, deadline - time.monotonic())
             timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
             wait = None
+            statuses_before = len(watchdog.statuses)
             try:
-                response = self.session.post(
-                    self.url, data=body, headers=self._headers(webhook_id, body, request_id), timeout=timeout
-                )
+                # stream: the status line is what counts, and a body the agent drips is never read.
+                with self.session.post(
+                    self.url,
+                    data=body,
+                    headers=self._headers(webhook_id, body, request_id),
+                    timeout=timeout,
+                    allow_redirects=False,
+                    stream=True,
+                ) as response:
+                    status = response.status_code
+                    headers = response.headers
             except requests.RequestException as exc:
                 status, error = None, type(exc).__name__
+                if watchdog.fired.is_set():
+                    seen = watchdog.statuses[statuses_before:]
+                    if seen and 200 <= seen[-1] < 300:
+                        # The agent said 2xx, then dripped its headers until the deadline cut it.
+                        return Delivery(True, seen[-1], None, time.monotonic() - started, attempt, webhook_id)
+                    error = f"budget of {self.budget:g} s spent ({error})"
                 log.warning(
                     "agent webhook attempt failed",
                     exc_info=True,
                     extra={"request_id": request_id, "attempt": attempt, "error": error},
                 )
             else:
-                status = response.status_code
                 if 200 <= status < 300:
                     return Delivery(True, status, None, time.monotonic() - started, attempt, webhook_id)
                 error = f"HTTP {status}"
+                if 300 <= status < 400:
+                    # Following would send the signed trigger (or a GET with its headers) to wherever
+                    # the agent points; an agent that moved is a configuration to fix, not to retry.
+                    location = headers.get("Location")
+                    error = f"HTTP {status} redirect, not followed"
                 log.warning(
                     "agent webhook attempt failed", extra={"request_id": request_id, "attempt": attempt, "error": error}
                 )
@@ -138,7 +267,7 @@ class AgentWebhook:
             "agent webhook delivery failed",
             extra={"request_id": request_id, "webhook_id": webhook_id, "attempts": attempt, "error": error},
         )
-        return Delivery(False, status, error, seconds, attempt, webhook_id)
+        return Delivery(False, status, error, seconds, attempt, webhook_id, location)
 
     def _headers(self, webhook_id, body, request_id):
         # The timestamp is the attempt's own, as Standard Webhooks signs it; the id stays the message's.

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class RedisServer:
 
     def client(self, **kwargs):
         """A client of this server (as the default user)."""
-        return redis.Redis(port=self.port, socket_timeout=1, **kwargs)
+        return redis.Redis(port=self.port, **{"socket_timeout": 1, **kwargs})
 
     def start(self):
         """Start the server and wait until it answers."""
@@ -300,3 +301,143 @@ class PrometheusServer:
                 self.process.wait()
         if self.output:
             self.output.close()
+
+
+class SocketAgent:
+    """A socket-level stand-in for a misbehaving agent webhook.
+
+    It reads each request whole (headers and Content-Length body, kept in `requests`), then answers
+    as `mode` says: "drip" (a 200 status line and headers, then the body one byte every `interval`
+    seconds), "drip_headers" (a 200 status line, then a header one byte at a time), "drip_status"
+    (the status line itself one byte at a time), "hang" (never answers), or "redirect" (`status`
+    with a Location of `location`).
+    """
+
+    def __init__(self, mode, status=302, location="http://127.0.0.1:9/elsewhere", interval=1.0, drip_bytes=20):
+        self.mode, self.status, self.location = mode, status, location
+        self.interval, self.drip_bytes = interval, drip_bytes
+        self.requests = []
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self._threads = []
+
+    @property
+    def url(self):
+        """Where to POST triggers."""
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/triggers"
+
+    def start(self):
+        """Accept connections in a background thread; return self."""
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def stop(self):
+        """Stop accepting and drop every connection."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._listener.close()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, conn):
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            while len(body) < int(headers.get("content-length", 0)):
+                body += conn.recv(65536)
+            self.requests.append({"request_line": lines[0], "headers": headers, "body": body})
+            if self.mode == "redirect":
+                conn.sendall(
+                    f"HTTP/1.1 {self.status} Moved\r\nLocation: {self.location}\r\nContent-Length: 0\r\n\r\n".encode()
+                )
+            elif self.mode.startswith("drip"):
+                # What comes at once, then what comes one byte every `interval` seconds.
+                prefix, trickle = {
+                    "drip": (f"HTTP/1.1 200 OK\r\nContent-Length: {self.drip_bytes}\r\n\r\n", "a" * self.drip_bytes),
+                    "drip_headers": ("HTTP/1.1 200 OK\r\nX-Slow: ", "a" * self.drip_bytes),
+                    "drip_status": ("", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+                }[self.mode]
+                conn.sendall(prefix.encode())
+                for byte in trickle.encode():
+                    if self._stop.wait(self.interval):
+                        return
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        return  # the sender hung up: what a hard deadline looks like from here
+            else:
+                self._stop.wait()
+
+
+class RefusingRedis:
+    """A socket-level stand-in for a Redis that answers every command with the same error reply,
+    e.g. "LOADING ..." (a real server only says it for the moments it loads its data)."""
+
+    def __init__(self, error):
+        self.error = error
+        self.commands = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self):
+        """The URL a client connects with."""
+        return f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
+
+    def start(self):
+        """Serve in a background thread; return self."""
+        self._thread.start()
+        return self
+
+    def stop(self):
+        """Stop serving."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        reader = conn.makefile("rb")
+        with conn, reader:
+            while not self._stop.is_set():
+                # A RESP command is an array of bulk strings: *N, then N times $len and the bytes.
+                header = reader.readline()
+                if not header.startswith(b"*"):
+                    return
+                args = []
+                for _ in range(int(header[1:])):
+                    size = int(reader.readline()[1:])
+                    args.append(reader.read(size + 2)[:-2])
+                self.commands.append(args)
+                conn.sendall(f"-{self.error}\r\n".encode())
