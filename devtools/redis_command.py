@@ -35,3 +35,26 @@ def redis_server_argv(port, workdir, *, durable=False, binary="redis-server", ex
         "warning",
         *extra,
     ]
+
+
+def sentinel_argv(port, workdir, *, master_name, master_port, quorum=2, down_after_ms=1000, binary="redis-server"):
+    """The command line of a loopback-only Sentinel watching the primary on `master_port`.
+
+    A Sentinel rewrites its configuration file, so this writes a fresh one into `workdir`.
+    """
+    config = workdir / "sentinel.conf"
+    config.write_text(
+        "\n".join(
+            (
+                f"port {port}",
+                "bind 127.0.0.1",
+                f"dir {workdir}",
+                f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}",
+                f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
+                # Quick enough for tests and local runs; production keeps its own values.
+                f"sentinel failover-timeout {master_name} 10000",
+                "",
+            )
+        )
+    )
+    return [server_binary(binary), str(config), "--sentinel", "--logfile", "", "--loglevel", "warning"]

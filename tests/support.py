@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 import requests
 
-from devtools.redis_command import redis_server_argv
+from devtools.redis_command import redis_server_argv, sentinel_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,3 +191,69 @@ class RedisClusterServers:
                 process.terminate()
         for process in self.processes:
             process.wait(timeout=10)
+
+
+class RedisSentinelSet:
+    """A primary, a replica and three Sentinels (quorum 2) watching them, all real processes on loopback."""
+
+    def __init__(self, workdir, master_name="aggregator", sentinels=3):
+        self.workdir = Path(workdir)
+        self.master_name = master_name
+        self.primary = RedisServer(self.workdir / "primary")
+        self.replica = None
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.sentinel_processes = []
+
+    @property
+    def sentinels_setting(self):
+        """The REDIS_SENTINELS value naming these Sentinels."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+
+    def sentinel(self, index=0):
+        """A client of one Sentinel."""
+        return redis.Redis(port=self.sentinel_ports[index], socket_timeout=2)
+
+    def primary_port(self):
+        """The port of the primary the first Sentinel names now."""
+        return int(self.sentinel().sentinel_get_master_addr_by_name(self.master_name)[1])
+
+    def start(self):
+        """Start the servers and Sentinels; wait until every Sentinel knows the replica and the other two."""
+        self.primary.start()
+        self.replica = RedisServer(
+            self.workdir / "replica", extra=("--replicaof", "127.0.0.1", str(self.primary.port))
+        ).start()
+        if not wait_until(lambda: self.replica.client().info("replication")["master_link_status"] == "up"):
+            raise RuntimeError("the replica did not sync with the primary")
+        for port in self.sentinel_ports:
+            workdir = self.workdir / f"sentinel-{port}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            argv = sentinel_argv(port, workdir, master_name=self.master_name, master_port=self.primary.port)
+            self.sentinel_processes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        others = len(self.sentinel_ports) - 1
+
+        def settled():
+            for index in range(len(self.sentinel_ports)):
+                state = self.sentinel(index).sentinel_master(self.master_name)
+                if state["num-slaves"] < 1 or state["num-other-sentinels"] < others:
+                    return False
+            return True
+
+        if not wait_until(settled, timeout=30, interval=0.2):
+            raise RuntimeError("the Sentinels did not discover the replica and each other")
+        return self
+
+    def server_on(self, port):
+        """The RedisServer listening on `port`."""
+        return self.primary if self.primary.port == port else self.replica
+
+    def stop(self):
+        """Stop the Sentinels and both servers."""
+        for process in self.sentinel_processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.sentinel_processes:
+            process.wait(timeout=10)
+        for server in (self.primary, self.replica):
+            if server is not None:
+                server.stop()
