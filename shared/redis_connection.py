@@ -32,14 +32,16 @@ REDIS_UNAVAILABLE = (
 
 # The least a Redis ACL user of the services needs: the commands of ingest, claims, settling,
 # the failed list, the failed-triggers CLI and /readyz (scripts run their HGET/HSET/... under the
-# same user), ROLE for Sentinel mode, SELECT for a database other than 0, CLIENT SETINFO that
-# redis-py sends on connect, and the key prefixes of shared/state.py. The README quotes it and
-# tests/test_redis_acl.py gives a user exactly this rule.
+# same user), ROLE for Sentinel mode, SELECT for a database other than 0, and the key prefixes of
+# shared/state.py. The README quotes it and tests/test_redis_acl.py gives a user exactly this rule.
 MINIMAL_ACL_RULE = (
     "resetkeys ~app:* ~trigger:* ~triggers:* ~cluster:* ~{cluster:* resetchannels -@all "
-    "+ping +role +select +client|setinfo +evalsha +script|load "
-    "+get +set +del +hget +hset +hgetall +lpush +ltrim +lrange"
+    "+ping +role +select +evalsha +script|load +get +set +del +hget +hset +hgetall +lpush +ltrim +lrange"
 )
+
+# redis-py names itself with CLIENT SETINFO on every new connection: a command Redis 7.0 lacks and
+# a minimal ACL user may not run (each refusal would land in the ACL log), for a label in CLIENT LIST.
+NO_CLIENT_SETINFO = {"driver_info": None}
 
 # One quick retry absorbs a connection Redis closed while idle; more would delay the 503.
 RETRY_ATTEMPTS = 1
@@ -64,6 +66,7 @@ def connect_redis(settings):
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         retry=_retry(),
+        **NO_CLIENT_SETINFO,
         **extra,
     )
 
@@ -100,6 +103,7 @@ def connect_sentinel(settings):
             connection_class=PrimaryCheckedSSLConnection if tls else PrimaryCheckedConnection,
             retry=_retry(),
             watcher_options={**timeouts, **sentinel_options},
+            **NO_CLIENT_SETINFO,
             **timeouts,
             **options,
         )
