@@ -257,3 +257,38 @@ class RedisSentinelSet:
         for server in (self.primary, self.replica):
             if server is not None:
                 server.stop()
+
+
+def make_certificates(directory):
+    """A private CA made here with the openssl CLI, and a server and a client certificate it signed.
+
+    The server certificate names 127.0.0.1 and localhost. Returns a dict of file paths: ca, server_cert,
+    server_key, client_cert, client_key.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {name: directory / f"{name}.pem" for name in ("ca", "ca_key", "server_cert", "server_key")}
+    paths.update({name: directory / f"{name}.pem" for name in ("client_cert", "client_key")})
+
+    def openssl(*args):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test private CA",
+        "-keyout", paths["ca_key"], "-out", paths["ca"],
+    )  # fmt: skip
+    for role, extensions in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        request, ext = directory / f"{role}.csr", directory / f"{role}.ext"
+        ext.write_text(extensions + "\n")
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={role}",
+            "-keyout", paths[f"{role}_key"], "-out", request,
+        )  # fmt: skip
+        openssl(
+            "x509", "-req", "-in", request, "-CA", paths["ca"], "-CAkey", paths["ca_key"], "-CAcreateserial",
+            "-days", "2", "-extfile", ext, "-out", paths[f"{role}_cert"],
+        )  # fmt: skip
+    return {name: str(path) for name, path in paths.items() if name != "ca_key"}
