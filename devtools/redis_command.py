@@ -45,24 +45,30 @@ def redis_server_argv(port, workdir, *, durable=False, binary="redis-server", ex
     ]
 
 
-def sentinel_argv(port, workdir, *, master_name, master_port, quorum=2, down_after_ms=1000, binary="redis-server"):
+def sentinel_argv(
+    port, workdir, *, master_name, master_port, quorum=2, down_after_ms=1000, peers=(), binary="redis-server"
+):
     """The command line of a loopback-only Sentinel watching the primary on `master_port`.
 
-    A Sentinel rewrites its configuration file, so this writes a fresh one into `workdir`.
+    A Sentinel rewrites its configuration file, so this writes a fresh one into `workdir`. `peers`
+    holds (kind, port, id) for the replicas ("known-replica", port, None), the other Sentinels
+    ("known-sentinel", port, their id) and this one ("myid", None, its id), so that they need not
+    discover each other first (which takes seconds).
     """
+    lines = [
+        f"port {port}",
+        "bind 127.0.0.1",
+        f"dir {workdir}",
+        f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}",
+        f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
+        # Quick enough for tests and local runs; production keeps its own values.
+        f"sentinel failover-timeout {master_name} 10000",
+    ]
+    for kind, peer_port, peer_id in peers:
+        if kind == "myid":
+            lines.append(f"sentinel myid {peer_id}")
+        else:
+            lines.append(f"sentinel {kind} {master_name} 127.0.0.1 {peer_port} {peer_id or ''}".rstrip())
     config = workdir / "sentinel.conf"
-    config.write_text(
-        "\n".join(
-            (
-                f"port {port}",
-                "bind 127.0.0.1",
-                f"dir {workdir}",
-                f"sentinel monitor {master_name} 127.0.0.1 {master_port} {quorum}",
-                f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
-                # Quick enough for tests and local runs; production keeps its own values.
-                f"sentinel failover-timeout {master_name} 10000",
-                "",
-            )
-        )
-    )
+    config.write_text("\n".join(lines) + "\n")
     return [server_binary(binary), str(config), "--sentinel", "--logfile", "", "--loglevel", "warning"]

@@ -199,7 +199,9 @@ class RedisSentinelSet:
     def __init__(self, workdir, master_name="aggregator", sentinels=3):
         self.workdir = Path(workdir)
         self.master_name = master_name
-        self.primary = RedisServer(self.workdir / "primary")
+        # A replica's first full sync waits 5 s by default, for more replicas to share it: none will.
+        self.server_options = ("--repl-diskless-sync-delay", "0")
+        self.primary = RedisServer(self.workdir / "primary", extra=self.server_options)
         self.replica = None
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.sentinel_processes = []
@@ -221,14 +223,19 @@ class RedisSentinelSet:
         """Start the servers and Sentinels; wait until every Sentinel knows the replica and the other two."""
         self.primary.start()
         self.replica = RedisServer(
-            self.workdir / "replica", extra=("--replicaof", "127.0.0.1", str(self.primary.port))
+            self.workdir / "replica", extra=(*self.server_options, "--replicaof", "127.0.0.1", str(self.primary.port))
         ).start()
         if not wait_until(lambda: self.replica.client().info("replication")["master_link_status"] == "up"):
             raise RuntimeError("the replica did not sync with the primary")
+        ids = {port: f"{index + 1:040x}" for index, port in enumerate(self.sentinel_ports)}
         for port in self.sentinel_ports:
             workdir = self.workdir / f"sentinel-{port}"
             workdir.mkdir(parents=True, exist_ok=True)
-            argv = sentinel_argv(port, workdir, master_name=self.master_name, master_port=self.primary.port)
+            peers = [("myid", None, ids[port]), ("known-replica", self.replica.port, None)]
+            peers += [("known-sentinel", other, ids[other]) for other in self.sentinel_ports if other != port]
+            argv = sentinel_argv(
+                port, workdir, master_name=self.master_name, master_port=self.primary.port, peers=peers
+            )
             self.sentinel_processes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         others = len(self.sentinel_ports) - 1
 
