@@ -46,14 +46,25 @@ def redis_server_argv(port, workdir, *, durable=False, binary="redis-server", ex
 
 
 def sentinel_argv(
-    port, workdir, *, master_name, master_port, quorum=2, down_after_ms=1000, peers=(), binary="redis-server"
+    port,
+    workdir,
+    *,
+    master_name,
+    master_port,
+    quorum=2,
+    down_after_ms=1000,
+    peers=(),
+    auth_pass=None,
+    requirepass=None,
+    binary="redis-server",
 ):
     """The command line of a loopback-only Sentinel watching the primary on `master_port`.
 
     A Sentinel rewrites its configuration file, so this writes a fresh one into `workdir`. `peers`
     holds (kind, port, id) for the replicas ("known-replica", port, None), the other Sentinels
     ("known-sentinel", port, their id) and this one ("myid", None, its id), so that they need not
-    discover each other first (which takes seconds).
+    discover each other first (which takes seconds). `auth_pass` is the data nodes' password,
+    `requirepass` the Sentinels' own (which they also use with each other).
     """
     lines = [
         f"port {port}",
@@ -64,6 +75,10 @@ def sentinel_argv(
         # Quick enough for tests and local runs; production keeps its own values.
         f"sentinel failover-timeout {master_name} 10000",
     ]
+    if auth_pass:
+        lines.append(f"sentinel auth-pass {master_name} {auth_pass}")
+    if requirepass:
+        lines += [f"requirepass {requirepass}", f"sentinel sentinel-pass {requirepass}"]
     for kind, peer_port, peer_id in peers:
         if kind == "myid":
             lines.append(f"sentinel myid {peer_id}")

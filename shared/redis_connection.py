@@ -7,7 +7,7 @@ import time
 
 from redis import Redis, RedisCluster
 from redis import exceptions as redis_errors
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import (
@@ -93,6 +93,9 @@ def connect_sentinel(settings):
         sentinel_options["ssl"] = True
     if settings.redis_sentinel_password:
         sentinel_options["password"] = settings.redis_sentinel_password
+    # No retries against a Sentinel: the next Sentinel in the list is the retry (redis-py's default
+    # would back off for seconds on every refused or unreachable one).
+    sentinel_options["retry"] = Retry(NoBackoff(), 0)
     sentinel = NewestEpochSentinel(
         list(settings.redis_sentinels), sentinel_kwargs={**timeouts, **sentinel_options}, **timeouts
     )

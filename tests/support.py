@@ -39,11 +39,12 @@ def wait_until(check, timeout=10.0, interval=0.05):
 class RedisServer:
     """A redis-server on a free loopback port; `durable` makes it keep every write in its append-only file."""
 
-    def __init__(self, workdir, durable=False, extra=(), binary="redis-server"):
+    def __init__(self, workdir, durable=False, extra=(), binary="redis-server", password=None):
         self.port = free_port()
         self.workdir = Path(workdir)
         self.durable = durable
-        self.extra = tuple(extra)
+        self.password = password
+        self.extra = tuple(extra) + (("--requirepass", password, "--masterauth", password) if password else ())
         self.binary = binary
         self.process = None
 
@@ -54,7 +55,7 @@ class RedisServer:
 
     def client(self, **kwargs):
         """A client of this server (as the default user)."""
-        return redis.Redis(port=self.port, socket_timeout=1, **kwargs)
+        return redis.Redis(port=self.port, socket_timeout=1, password=self.password, **kwargs)
 
     def start(self):
         """Start the server and wait until it answers."""
@@ -196,12 +197,13 @@ class RedisClusterServers:
 class RedisSentinelSet:
     """A primary, a replica and three Sentinels (quorum 2) watching them, all real processes on loopback."""
 
-    def __init__(self, workdir, master_name="aggregator", sentinels=3):
+    def __init__(self, workdir, master_name="aggregator", sentinels=3, password=None, sentinel_password=None):
         self.workdir = Path(workdir)
         self.master_name = master_name
+        self.password, self.sentinel_password = password, sentinel_password
         # A replica's first full sync waits 5 s by default, for more replicas to share it: none will.
         self.server_options = ("--repl-diskless-sync-delay", "0")
-        self.primary = RedisServer(self.workdir / "primary", extra=self.server_options)
+        self.primary = RedisServer(self.workdir / "primary", extra=self.server_options, password=password)
         self.replica = None
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.sentinel_processes = []
@@ -213,7 +215,7 @@ class RedisSentinelSet:
 
     def sentinel(self, index=0):
         """A client of one Sentinel."""
-        return redis.Redis(port=self.sentinel_ports[index], socket_timeout=2)
+        return redis.Redis(port=self.sentinel_ports[index], socket_timeout=2, password=self.sentinel_password)
 
     def primary_port(self):
         """The port of the primary the first Sentinel names now."""
@@ -223,7 +225,9 @@ class RedisSentinelSet:
         """Start the servers and Sentinels; wait until every Sentinel knows the replica and the other two."""
         self.primary.start()
         self.replica = RedisServer(
-            self.workdir / "replica", extra=(*self.server_options, "--replicaof", "127.0.0.1", str(self.primary.port))
+            self.workdir / "replica",
+            extra=(*self.server_options, "--replicaof", "127.0.0.1", str(self.primary.port)),
+            password=self.password,
         ).start()
         if not wait_until(lambda: self.replica.client().info("replication")["master_link_status"] == "up"):
             raise RuntimeError("the replica did not sync with the primary")
@@ -234,7 +238,13 @@ class RedisSentinelSet:
             peers = [("myid", None, ids[port]), ("known-replica", self.replica.port, None)]
             peers += [("known-sentinel", other, ids[other]) for other in self.sentinel_ports if other != port]
             argv = sentinel_argv(
-                port, workdir, master_name=self.master_name, master_port=self.primary.port, peers=peers
+                port,
+                workdir,
+                master_name=self.master_name,
+                master_port=self.primary.port,
+                peers=peers,
+                auth_pass=self.password,
+                requirepass=self.sentinel_password,
             )
             self.sentinel_processes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         others = len(self.sentinel_ports) - 1

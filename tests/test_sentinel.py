@@ -16,7 +16,8 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import COST_TOKEN, FORECAST_TOKEN
+from cost_service import create_app as create_cost_app
+from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
 from tests.support import GunicornService, RedisSentinelSet, wait_until
 from tests.test_redis_restart import BASE, DEPLOYMENTS, payload
 
@@ -199,3 +200,36 @@ def test_sentinel_failover_under_load(sentinels, services, receiver):
 
 def test_primary_killed_under_load(sentinels, services, receiver):
     run_failover(sentinels, services, receiver, sentinels.primary.kill)
+
+
+@pytest.fixture
+def sentinels_with_passwords(tmp_path):
+    servers = RedisSentinelSet(
+        tmp_path / "sentinel", master_name=MASTER, password="data-pw-0123456789", sentinel_password="sentinel-pw-0123"
+    ).start()
+    yield servers
+    servers.stop()
+
+
+def test_sentinels_and_data_nodes_with_passwords(sentinels_with_passwords, receiver, cost_payload, tmp_path):
+    password_file = tmp_path / "redis-password"
+    password_file.write_text("data-pw-0123456789\n")
+    config = {
+        "REDIS_URL": "redis://sentinel-primary/0",
+        "REDIS_PASSWORD_FILE": str(password_file),
+        "REDIS_SENTINELS": sentinels_with_passwords.sentinels_setting,
+        "REDIS_SENTINEL_MASTER": MASTER,
+        "REDIS_SENTINEL_PASSWORD": "sentinel-pw-0123",
+        "REDIS_TIMEOUT_SECONDS": "1",
+        "AGENT_WEBHOOK_URL": receiver.url,
+        "COST_ENGINE_TOKEN": COST_TOKEN,
+    }
+    client = create_cost_app(config).test_client()
+    assert client.get("/readyz").status_code == 200
+    response = client.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN))
+    assert response.status_code == 201 and response.json["triggered"] == ["adservice"]
+    assert sentinels_with_passwords.primary.client().hget("app:default:adservice", "req_cpu") == b"2.0"
+    # A wrong Sentinel password: no primary can be known, so nothing is ready.
+    wrong = create_cost_app({**config, "REDIS_SENTINEL_PASSWORD": "not-the-password"}).test_client()
+    assert wrong.get("/readyz").status_code == 503
+    assert wrong.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN)).status_code == 503
