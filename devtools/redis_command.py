@@ -23,6 +23,18 @@ def server_binary(name="redis-server"):
     return binary
 
 
+def tls_options(tls_port, certificates):
+    """(name, value) pairs of a server (or Sentinel) listening with TLS on `tls_port` and replicating over TLS."""
+    return (
+        ("tls-port", str(tls_port)),
+        ("tls-cert-file", certificates["server_cert"]),
+        ("tls-key-file", certificates["server_key"]),
+        ("tls-ca-cert-file", certificates["ca"]),
+        ("tls-auth-clients", "no"),
+        ("tls-replication", "yes"),
+    )
+
+
 def redis_server_argv(port, workdir, *, durable=False, binary="redis-server", extra=()):
     """The command line of a loopback-only server on `port`, keeping its files in `workdir`."""
     return [
@@ -56,6 +68,7 @@ def sentinel_argv(
     peers=(),
     auth_pass=None,
     requirepass=None,
+    tls=None,
     binary="redis-server",
 ):
     """The command line of a loopback-only Sentinel watching the primary on `master_port`.
@@ -64,7 +77,9 @@ def sentinel_argv(
     holds (kind, port, id) for the replicas ("known-replica", port, None), the other Sentinels
     ("known-sentinel", port, their id) and this one ("myid", None, its id), so that they need not
     discover each other first (which takes seconds). `auth_pass` is the data nodes' password,
-    `requirepass` the Sentinels' own (which they also use with each other).
+    `requirepass` the Sentinels' own (which they also use with each other). `tls` is a mapping
+    with the Sentinel's `tls_port` and the `ca`, `server_cert` and `server_key` files: the Sentinel
+    then also listens with TLS there and reaches the servers and the other Sentinels over TLS.
     """
     lines = [
         f"port {port}",
@@ -79,6 +94,8 @@ def sentinel_argv(
         lines.append(f"sentinel auth-pass {master_name} {auth_pass}")
     if requirepass:
         lines += [f"requirepass {requirepass}", f"sentinel sentinel-pass {requirepass}"]
+    if tls:
+        lines += [f"{name} {value}" for name, value in tls_options(tls["tls_port"], tls)]
     for kind, peer_port, peer_id in peers:
         if kind == "myid":
             lines.append(f"sentinel myid {peer_id}")

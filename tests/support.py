@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 import requests
 
-from devtools.redis_command import redis_server_argv, sentinel_argv
+from devtools.redis_command import redis_server_argv, sentinel_argv, tls_options
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,21 +197,33 @@ class RedisClusterServers:
 class RedisSentinelSet:
     """A primary, a replica and three Sentinels (quorum 2) watching them, all real processes on loopback."""
 
-    def __init__(self, workdir, master_name="aggregator", sentinels=3, password=None, sentinel_password=None):
+    def __init__(self, workdir, master_name="aggregator", sentinels=3, password=None, sentinel_password=None, tls=None):
         self.workdir = Path(workdir)
         self.master_name = master_name
         self.password, self.sentinel_password = password, sentinel_password
+        # With `tls` (make_certificates' files), servers and Sentinels also listen with TLS, talk to
+        # each other over it, and name the TLS ports: a client reaches them only over TLS. The plain
+        # ports stay open for the test's own checks.
+        self.tls = tls
         # A replica's first full sync waits 5 s by default, for more replicas to share it: none will.
         self.server_options = ("--repl-diskless-sync-delay", "0")
-        self.primary = RedisServer(self.workdir / "primary", extra=self.server_options, password=password)
+        self.primary = self._server("primary")
         self.replica = None
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.sentinel_tls_ports = [free_port() for _ in range(sentinels)] if tls else []
         self.sentinel_processes = []
+
+    def _server(self, name, extra=()):
+        server = RedisServer(self.workdir / name, password=self.password)
+        server.data_port = free_port() if self.tls else server.port
+        tls = [arg for pair in tls_options(server.data_port, self.tls) for arg in ("--" + pair[0], pair[1])]
+        server.extra = (*server.extra, *self.server_options, *(tls if self.tls else ()), *extra)
+        return server
 
     @property
     def sentinels_setting(self):
         """The REDIS_SENTINELS value naming these Sentinels."""
-        return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return ",".join(f"127.0.0.1:{port}" for port in (self.sentinel_tls_ports or self.sentinel_ports))
 
     def sentinel(self, index=0):
         """A client of one Sentinel."""
@@ -224,27 +236,26 @@ class RedisSentinelSet:
     def start(self):
         """Start the servers and Sentinels; wait until every Sentinel knows the replica and the other two."""
         self.primary.start()
-        self.replica = RedisServer(
-            self.workdir / "replica",
-            extra=(*self.server_options, "--replicaof", "127.0.0.1", str(self.primary.port)),
-            password=self.password,
-        ).start()
+        self.replica = self._server("replica", ("--replicaof", "127.0.0.1", str(self.primary.data_port))).start()
         if not wait_until(lambda: self.replica.client().info("replication")["master_link_status"] == "up"):
             raise RuntimeError("the replica did not sync with the primary")
-        ids = {port: f"{index + 1:040x}" for index, port in enumerate(self.sentinel_ports)}
-        for port in self.sentinel_ports:
+        announced = self.sentinel_tls_ports or self.sentinel_ports
+        ids = {port: f"{index + 1:040x}" for index, port in enumerate(announced)}
+        for index, port in enumerate(self.sentinel_ports):
             workdir = self.workdir / f"sentinel-{port}"
             workdir.mkdir(parents=True, exist_ok=True)
-            peers = [("myid", None, ids[port]), ("known-replica", self.replica.port, None)]
-            peers += [("known-sentinel", other, ids[other]) for other in self.sentinel_ports if other != port]
+            own = announced[index]
+            peers = [("myid", None, ids[own]), ("known-replica", self.replica.data_port, None)]
+            peers += [("known-sentinel", other, ids[other]) for other in announced if other != own]
             argv = sentinel_argv(
                 port,
                 workdir,
                 master_name=self.master_name,
-                master_port=self.primary.port,
+                master_port=self.primary.data_port,
                 peers=peers,
                 auth_pass=self.password,
                 requirepass=self.sentinel_password,
+                tls={**self.tls, "tls_port": own} if self.tls else None,
             )
             self.sentinel_processes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         others = len(self.sentinel_ports) - 1
@@ -261,8 +272,8 @@ class RedisSentinelSet:
         return self
 
     def server_on(self, port):
-        """The RedisServer listening on `port`."""
-        return self.primary if self.primary.port == port else self.replica
+        """The RedisServer whose data port (the port Sentinels name) is `port`."""
+        return self.primary if self.primary.data_port == port else self.replica
 
     def stop(self):
         """Stop the Sentinels and both servers."""

@@ -18,7 +18,7 @@ import requests
 
 from cost_service import create_app as create_cost_app
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
-from tests.support import GunicornService, RedisSentinelSet, wait_until
+from tests.support import GunicornService, RedisSentinelSet, make_certificates, wait_until
 from tests.test_redis_restart import BASE, DEPLOYMENTS, payload
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.sentinel]
@@ -172,7 +172,7 @@ def check_one_trigger_per_window(receiver):
 
 
 def run_failover(sentinels, services, receiver, cause):
-    old_port = sentinels.primary.port
+    old_port = sentinels.primary.data_port
     load = Load(services).start()
     time.sleep(1.5)
     caused_at = time.monotonic()
@@ -233,3 +233,37 @@ def test_sentinels_and_data_nodes_with_passwords(sentinels_with_passwords, recei
     wrong = create_cost_app({**config, "REDIS_SENTINEL_PASSWORD": "not-the-password"}).test_client()
     assert wrong.get("/readyz").status_code == 503
     assert wrong.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN)).status_code == 503
+
+
+def test_sentinels_and_data_nodes_over_tls(tmp_path, receiver, cost_payload):
+    certificates = make_certificates(tmp_path / "pki")
+    servers = RedisSentinelSet(tmp_path / "sentinel", master_name=MASTER, tls=certificates).start()
+    try:
+        config = {
+            "REDIS_URL": f"rediss://sentinel-primary/0?ssl_ca_certs={certificates['ca']}",
+            "REDIS_SENTINELS": servers.sentinels_setting,
+            "REDIS_SENTINEL_MASTER": MASTER,
+            "REDIS_TIMEOUT_SECONDS": "1",
+            "AGENT_WEBHOOK_URL": receiver.url,
+            "COST_ENGINE_TOKEN": COST_TOKEN,
+        }
+        client = create_cost_app(config).test_client()
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN)).status_code == 201
+        # The failover events reach the service over TLS too: it follows the new primary.
+        old_port = servers.primary.data_port
+        servers.sentinel().sentinel_failover(MASTER)
+        new_port, _ = new_primary_after(servers, old_port)
+        later = {**cost_payload, "timestamp": "2024-01-01T13:00:00Z"}
+
+        def accepted():
+            return client.post("/metrics/cost", json=later, headers=auth(COST_TOKEN)).status_code == 201
+
+        assert wait_until(accepted, timeout=15, interval=0.1)
+        stored = servers.server_on(new_port).client().hget("app:default:adservice", "cost_timestamp")
+        assert stored == b"1704114000"
+        # Without the CA, neither the Sentinels nor the servers can be verified: nothing is ready.
+        untrusting = create_cost_app({**config, "REDIS_URL": "rediss://sentinel-primary/0"}).test_client()
+        assert untrusting.get("/readyz").status_code == 503
+    finally:
+        servers.stop()
