@@ -28,13 +28,9 @@ SERVICES = {
     "cost-service": (8000, "cost_service:create_app()", "COST_ENGINE_TOKEN", "/metrics/cost"),
     "forecast-service": (8002, "forecast_service:create_app()", "FORECAST_TOKEN", "/metrics/forecast"),
 }
-SECRET_SETTINGS = (
-    "COST_ENGINE_TOKEN",
-    "FORECAST_TOKEN",
-    "AGENT_WEBHOOK_SECRET",
-    "REDIS_PASSWORD",
-    "REDIS_SENTINEL_PASSWORD",
-)
+SECRET_SETTINGS = ("COST_ENGINE_TOKEN", "FORECAST_TOKEN", "AGENT_WEBHOOK_SECRET")
+# Secrets too, but the base manifests' Redis needs none: a platform adds them as mounted files.
+REDIS_SECRET_SETTINGS = ("REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD")
 CONFIG_MAP, SECRET = "aggregator-config", "aggregator-secrets"
 APP_UID = 10001
 # What the containers set besides the services' settings: read by the image's CMD, gunicorn.conf.py
