@@ -121,3 +121,16 @@ def test_a_user_lacking_part_of_the_rule_is_refused(server, admin, receiver, cos
     # NOPERM from a command; from inside a script Redis words it as "can't run this command".
     with pytest.raises(redis.exceptions.ResponseError, match="(?i)noperm|no permissions|can't run this command"):
         step(repository, payload)
+
+
+def test_the_user_in_the_url_and_its_password_in_a_file(server, admin, receiver, cost_payload, tmp_path):
+    create_user(admin, MINIMAL_ACL_RULE)
+    password_file = tmp_path / "redis-password"
+    password_file.write_text(PASSWORD + "\n")
+    settings = {**config(server, receiver), "REDIS_URL": f"redis://{USER}@127.0.0.1:{server.port}/0"}
+    client = create_cost_app({**settings, "REDIS_PASSWORD_FILE": str(password_file)}).test_client()
+    assert client.get("/readyz").status_code == 200
+    assert client.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN)).status_code == 201
+    password_file.write_text("not-the-password\n")
+    wrong = create_cost_app({**settings, "REDIS_PASSWORD_FILE": str(password_file)}).test_client()
+    assert wrong.get("/readyz").status_code == 503
