@@ -216,8 +216,8 @@ class RedisSentinelSet:
     def _server(self, name, extra=()):
         server = RedisServer(self.workdir / name, password=self.password)
         server.data_port = free_port() if self.tls else server.port
-        tls = [arg for pair in tls_options(server.data_port, self.tls) for arg in ("--" + pair[0], pair[1])]
-        server.extra = (*server.extra, *self.server_options, *(tls if self.tls else ()), *extra)
+        tls = tls_options(server.data_port, self.tls) if self.tls else ()
+        server.extra = (*server.extra, *self.server_options, *(arg for n, v in tls for arg in (f"--{n}", v)), *extra)
         return server
 
     @property
