@@ -11,6 +11,7 @@ import itertools
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -171,6 +172,12 @@ def check_one_trigger_per_window(receiver):
     assert counts and max(counts.values()) == 1, counts
 
 
+def followed_the_announcement(services, old_port, new_port):
+    """Both services' workers logged the move on a Sentinel's announcement (not at the end of the 15 s hold)."""
+    moved = f"moved from 127.0.0.1:{old_port} to 127.0.0.1:{new_port}"
+    return all(moved in Path(service.output.name).read_text() for service in services.values())
+
+
 def run_failover(sentinels, services, receiver, cause):
     old_port = sentinels.primary.data_port
     load = Load(services).start()
@@ -183,6 +190,7 @@ def run_failover(sentinels, services, receiver, cause):
     load.stop()
 
     assert back_at is not None and back_at - known_at < 15, "ingest not back within 15 s of the new primary"
+    assert followed_the_announcement(services, old_port, new_port)
     during = [status for moment, status in load.readiness if caused_at < moment < known_at]
     assert 503 in during, "/readyz never said 503 while there was no primary to write to"
     assert load.readiness[-1][1] == 200
