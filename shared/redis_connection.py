@@ -107,8 +107,8 @@ def connect_sentinel(settings):
             retry=_retry(),
             watcher_options={**timeouts, **sentinel_options},
             **NO_CLIENT_SETINFO,
-            **timeouts,
-            **options,
+            # REDIS_URL's own socket_timeout and socket_connect_timeout win, as outside Sentinel mode.
+            **{**timeouts, **options},
         )
     )
 
