@@ -39,6 +39,10 @@ MINIMAL_ACL_RULE = (
     "+ping +role +select +evalsha +script|load +get +set +del +hget +hset +hgetall +lpush +ltrim +lrange"
 )
 
+# What a Redis Cluster user needs on top: redis-py's cluster client reads the slot map (CLUSTER
+# SLOTS) and the command table (COMMAND) to route each command to the node holding its key.
+CLUSTER_ACL_ADDITIONS = "+cluster|slots +command"
+
 # redis-py names itself with CLIENT SETINFO on every new connection: a command Redis 7.0 lacks and
 # a minimal ACL user may not run (each refusal would land in the ACL log), for a label in CLIENT LIST.
 NO_CLIENT_SETINFO = {"driver_info": None}

@@ -8,7 +8,7 @@ import redis
 
 from cost_service import create_app as create_cost_app
 from forecast_service import create_app as create_forecast_app
-from shared.redis_connection import MINIMAL_ACL_RULE
+from shared.redis_connection import CLUSTER_ACL_ADDITIONS, MINIMAL_ACL_RULE
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
 from tests.support import ROOT
 
@@ -39,9 +39,9 @@ def create_user(admin, rule):
     admin.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{PASSWORD}", *rule.split())
 
 
-def config(server, receiver):
+def config(port, receiver):
     return {
-        "REDIS_URL": f"redis://{USER}:{PASSWORD}@127.0.0.1:{server.port}/0",
+        "REDIS_URL": f"redis://{USER}:{PASSWORD}@127.0.0.1:{port}/0",
         "AGENT_WEBHOOK_URL": receiver.url,
         "COST_ENGINE_TOKEN": COST_TOKEN,
         "FORECAST_TOKEN": FORECAST_TOKEN,
@@ -52,13 +52,14 @@ def config(server, receiver):
 def test_the_docs_give_the_rule_the_test_uses():
     docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     assert any(MINIMAL_ACL_RULE in path.read_text() for path in docs)
+    assert any(f"{MINIMAL_ACL_RULE} {CLUSTER_ACL_ADDITIONS}" in path.read_text() for path in docs)
 
 
 def test_a_user_with_the_minimal_rule_runs_every_flow(server, admin, receiver, cost_payload, forecast_payload):
     create_user(admin, MINIMAL_ACL_RULE)
-    cost_app = create_cost_app(config(server, receiver))
+    cost_app = create_cost_app(config(server.port, receiver))
     cost = cost_app.test_client()
-    forecast = create_forecast_app(config(server, receiver)).test_client()
+    forecast = create_forecast_app(config(server.port, receiver)).test_client()
     cost_headers, forecast_headers = auth(COST_TOKEN), auth(FORECAST_TOKEN)
 
     assert cost.get("/readyz").status_code == 200 and forecast.get("/readyz").status_code == 200
@@ -115,7 +116,7 @@ def without(token):
 )
 def test_a_user_lacking_part_of_the_rule_is_refused(server, admin, receiver, cost_payload, missing, step):
     create_user(admin, without(missing))
-    app = create_cost_app(config(server, receiver))
+    app = create_cost_app(config(server.port, receiver))
     repository = app.extensions["aggregator"].aggregator.repository
     payload = app.extensions["aggregator"].schema.load(cost_payload)
     # NOPERM from a command; from inside a script Redis words it as "can't run this command".
@@ -127,10 +128,36 @@ def test_the_user_in_the_url_and_its_password_in_a_file(server, admin, receiver,
     create_user(admin, MINIMAL_ACL_RULE)
     password_file = tmp_path / "redis-password"
     password_file.write_text(PASSWORD + "\n")
-    settings = {**config(server, receiver), "REDIS_URL": f"redis://{USER}@127.0.0.1:{server.port}/0"}
+    settings = {**config(server.port, receiver), "REDIS_URL": f"redis://{USER}@127.0.0.1:{server.port}/0"}
     client = create_cost_app({**settings, "REDIS_PASSWORD_FILE": str(password_file)}).test_client()
     assert client.get("/readyz").status_code == 200
     assert client.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN)).status_code == 201
     password_file.write_text("not-the-password\n")
     wrong = create_cost_app({**settings, "REDIS_PASSWORD_FILE": str(password_file)}).test_client()
     assert wrong.get("/readyz").status_code == 503
+
+
+@pytest.mark.cluster
+def test_a_cluster_user_with_the_rule_and_the_cluster_additions(redis_cluster, receiver, cost_payload):
+    nodes = [redis.Redis(port=port, socket_timeout=2) for port in redis_cluster.ports]
+    for node in nodes:
+        node.execute_command("ACL", "SETUSER", USER, "reset", "on", f">{PASSWORD}", *MINIMAL_ACL_RULE.split())
+        node.execute_command("ACL", "SETUSER", USER, *CLUSTER_ACL_ADDITIONS.split())
+        node.execute_command("ACL", "LOG", "RESET")
+    try:
+        app = create_cost_app({**config(redis_cluster.ports[0], receiver), "REDIS_CLUSTER": "true"})
+        client = app.test_client()
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN)).json["triggered"] == [
+            "adservice"
+        ]
+        receiver.status = 503
+        later = {**cost_payload, "timestamp": "2024-01-01T13:00:00Z"}
+        later["deployments"] = [{**cost_payload["deployments"][0], "name": "checkout"}]
+        assert client.post("/metrics/cost", json=later, headers=auth(COST_TOKEN)).json["delivery"] == "failed"
+        assert app.test_cli_runner().invoke(args=["failed-triggers"]).exit_code == 0
+        assert [node.execute_command("ACL", "LOG") for node in nodes] == [[]] * len(nodes)
+    finally:
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", USER)
+            node.flushdb()
