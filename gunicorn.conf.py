@@ -1,29 +1,21 @@
 """gunicorn settings, flat and read from the environment (PORT, WEB_CONCURRENCY, ...)."""
 
+import atexit
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from shared.gunicorn_settings import whole_number
 from shared.logs import GUNICORN_LOGGING
 
-
-def _whole_number(name, default, low, high):
-    """An integer setting; a bad value stops gunicorn with one line naming the variable."""
-    raw = os.environ.get(name, default)
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        # SystemExit passes through gunicorn's config loader, which prints a traceback for any Exception.
-        sys.exit(f"Error: {name} must be a whole number from {low} to {high}, got {raw!r}")
-    return int(raw)
-
-
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{_whole_number('PORT', '8000', 0, 65535)}"
-workers = _whole_number("WEB_CONCURRENCY", "2", 1, 64)
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{whole_number('PORT')}"
+workers = whole_number("WEB_CONCURRENCY")
 worker_class = "sync"
 # Above the webhook's connect + read timeouts, so a slow agent never gets a worker killed.
-timeout = _whole_number("GUNICORN_TIMEOUT", "30", 1, 3600)
-graceful_timeout = _whole_number("GUNICORN_GRACEFUL_TIMEOUT", "20", 1, 3600)
+timeout = whole_number("GUNICORN_TIMEOUT")
+graceful_timeout = whole_number("GUNICORN_GRACEFUL_TIMEOUT")
 # Load the app in the master: a bad setting stops the whole server at once with one message.
 preload_app = True
 accesslog = None  # the app logs one JSON line per request itself
@@ -33,13 +25,36 @@ logconfig_dict = GUNICORN_LOGGING
 control_socket_disable = True
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
+
+def _remove_when_the_master_exits(path, master_pid):
+    # Workers inherit this exit handler with the fork; a worker that exits must not take the directory.
+    if os.getpid() == master_pid:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# gunicorn's workers keep their heartbeat files in the temporary directory, and the metrics directory
+# defaults to one there: on a read-only root filesystem, say what to mount instead of a traceback.
+try:
+    tempfile.gettempdir()
+except FileNotFoundError:
+    sys.exit(
+        "Error: no writable temporary directory: mount a writable volume at /tmp "
+        "(an emptyDir or a tmpfs), or set TMPDIR to a writable directory"
+    )
+
 # prometheus_client's multiprocess mode: every worker writes its numbers into this directory and
 # /metrics adds them up. It must be set before the app imports prometheus_client, and emptied so
-# that a restart does not resurrect the counts of workers that are gone.
+# that a restart does not resurrect the counts of workers that are gone. A directory made here is
+# removed again when gunicorn exits; one given in PROMETHEUS_MULTIPROC_DIR is left in place.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="aggregator-metrics-")
+    created = tempfile.mkdtemp(prefix="aggregator-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
+    atexit.register(_remove_when_the_master_exits, created, os.getpid())
 metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-metrics_dir.mkdir(parents=True, exist_ok=True)
+try:
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    sys.exit(f"Error: PROMETHEUS_MULTIPROC_DIR {str(metrics_dir)!r} cannot be created ({exc.strerror}); mount it")
 for leftover in metrics_dir.iterdir():
     if leftover.is_dir():
         shutil.rmtree(leftover)

@@ -10,21 +10,16 @@ show the window without the hold. Prints one line per round and the medians.
 
 import argparse
 import statistics
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import redis
+from redis.sentinel import Sentinel
 
-import redis  # noqa: E402
-from redis.sentinel import Sentinel  # noqa: E402
-
-from shared.config import DEFAULTS, parse_settings  # noqa: E402
-from shared.redis_connection import connect_redis  # noqa: E402
-from tests.support import RedisSentinelSet  # noqa: E402
+from shared.config import DEFAULTS, parse_settings
+from shared.redis_connection import connect_redis
+from tests.support import RedisSentinelSet
 
 MASTER = "aggregator"
 

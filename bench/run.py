@@ -23,17 +23,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import redis
+import requests
+
+from bench.redis_proxy import CountingProxy
+from devtools.agent_receiver import AgentReceiver
+from shared.config import SETTING_NAMES
+from tests.support import GunicornService, RedisServer
+
 ROOT = Path(__file__).resolve().parent.parent
-# Run as a script (bench/run.py), so the repository root is not on the path yet.
-sys.path.insert(0, str(ROOT))
-
-import redis  # noqa: E402
-import requests  # noqa: E402
-
-from bench.redis_proxy import CountingProxy  # noqa: E402
-from devtools.agent_receiver import AgentReceiver  # noqa: E402
-from shared.config import SETTING_NAMES  # noqa: E402
-from tests.support import GunicornService, RedisServer  # noqa: E402
 
 SIZES = (2, 50, 500, 2000)
 COST_TOKEN = "bench-cost-token-0123456789abcdef"

@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 
 from devtools.redis_command import redis_server_argv
+from shared import gunicorn_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RECEIVER_PORT = 9000
@@ -229,6 +230,8 @@ def run(children, workdir):
     # A development launcher has no business listening on every interface with its throwaway tokens.
     env.setdefault("HOST", "127.0.0.1")
     env["PYTHONUNBUFFERED"] = "1"
+    # gunicorn would stop on a bad WEB_CONCURRENCY with a traceback, before gunicorn.conf.py speaks.
+    gunicorn_settings.check({**env, "PORT": str(SERVICES[0].port)})
     # Checked before anything starts, so a busy port costs no start-up and teardown.
     for spec in SERVICES:
         ensure_port_free(spec.port, env["HOST"], f"{spec.name} service")

@@ -90,6 +90,34 @@ class Settings:
     log_level: str
 
 
+@dataclass(frozen=True)
+class StoreSettings:
+    """What reaching the state store takes: all the failed-triggers command needs."""
+
+    redis_url: str
+    redis_cluster: bool
+    redis_timeout: float
+    # The data nodes' password from REDIS_PASSWORD(_FILE), overriding REDIS_URL's; None when unset.
+    redis_password: str | None
+    # Sentinel mode: (host, port) pairs and the monitored primary's name; () and None otherwise.
+    redis_sentinels: tuple[tuple[str, int], ...]
+    redis_sentinel_master: str | None
+    redis_sentinel_password: str | None
+    cooldown_seconds: int
+    allowed_namespaces: frozenset[str]
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """What calling the agent takes."""
+
+    webhook_url: str
+    webhook_connect_timeout: float
+    webhook_read_timeout: float
+    webhook_budget: float
+    webhook_secret: str | None
+
+
 def _number(config, name, low, high, kind=float):
     raw = config.get(name)
     try:
@@ -320,8 +348,8 @@ def read_environment(environ=None):
     return {name: environ[name] for name in SETTING_NAMES if name in environ}
 
 
-def parse_settings(config, token_setting):
-    """Validate a mapping of raw settings into Settings; raise ConfigError naming the culprit."""
+def parse_store_settings(config):
+    """Validate the state store's settings into StoreSettings; raise ConfigError naming the culprit."""
     redis_url = _redis_url(config)
     sentinels, sentinel_master = _sentinels(config)
     redis_cluster = _flag(config, "REDIS_CLUSTER")
@@ -332,10 +360,7 @@ def parse_settings(config, token_setting):
     redis_password = _secret(config, "REDIS_PASSWORD")
     if redis_password and urlsplit(redis_url).password:
         raise ConfigError("REDIS_URL has a password and REDIS_PASSWORD(_FILE) is set; set one")
-    log_level = str(config["LOG_LEVEL"]).upper()
-    if log_level not in LOG_LEVELS:
-        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
-    return Settings(
+    return StoreSettings(
         redis_url=redis_url,
         redis_cluster=redis_cluster,
         redis_timeout=_number(config, "REDIS_TIMEOUT_SECONDS", 0.1, 60),
@@ -343,6 +368,15 @@ def parse_settings(config, token_setting):
         redis_sentinels=sentinels,
         redis_sentinel_master=sentinel_master,
         redis_sentinel_password=_secret(config, "REDIS_SENTINEL_PASSWORD") or None,
+        # At least one second, so two claims of one key can never carry the same value.
+        cooldown_seconds=_number(config, "COOLDOWN_SECONDS", 1, 7 * 24 * 3600, int),
+        allowed_namespaces=_namespaces(config),
+    )
+
+
+def parse_webhook_settings(config):
+    """Validate the agent webhook's settings into WebhookSettings; raise ConfigError naming the culprit."""
+    return WebhookSettings(
         webhook_url=_webhook_url(config),
         webhook_connect_timeout=_number(config, "AGENT_WEBHOOK_CONNECT_TIMEOUT_SECONDS", 0.1, 60),
         webhook_read_timeout=_number(config, "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS", 0.1, 300),
@@ -350,12 +384,34 @@ def parse_settings(config, token_setting):
         # could neither record nor release its claims.
         webhook_budget=_number(config, "AGENT_WEBHOOK_BUDGET_SECONDS", 0.1, 25),
         webhook_secret=_webhook_secret(config),
+    )
+
+
+def parse_settings(config, token_setting):
+    """Validate a mapping of raw settings into Settings; raise ConfigError naming the culprit."""
+    store = parse_store_settings(config)
+    log_level = str(config["LOG_LEVEL"]).upper()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    webhook = parse_webhook_settings(config)
+    return Settings(
+        redis_url=store.redis_url,
+        redis_cluster=store.redis_cluster,
+        redis_timeout=store.redis_timeout,
+        redis_password=store.redis_password,
+        redis_sentinels=store.redis_sentinels,
+        redis_sentinel_master=store.redis_sentinel_master,
+        redis_sentinel_password=store.redis_sentinel_password,
+        webhook_url=webhook.webhook_url,
+        webhook_connect_timeout=webhook.webhook_connect_timeout,
+        webhook_read_timeout=webhook.webhook_read_timeout,
+        webhook_budget=webhook.webhook_budget,
+        webhook_secret=webhook.webhook_secret,
         tokens=_tokens(config, token_setting),
-        # At least one second, so two claims of one key can never carry the same value.
-        cooldown_seconds=_number(config, "COOLDOWN_SECONDS", 1, 7 * 24 * 3600, int),
+        cooldown_seconds=store.cooldown_seconds,
         thresholds=_thresholds(config),
         recommendation_headroom=_number(config, "RECOMMENDATION_HEADROOM", 0, 10),
-        allowed_namespaces=_namespaces(config),
+        allowed_namespaces=store.allowed_namespaces,
         max_deployments=_number(config, "MAX_DEPLOYMENTS", 1, 100_000, int),
         max_body_bytes=_number(config, "MAX_BODY_BYTES", 1024, 256 * 1024 * 1024, int),
         log_level=log_level,

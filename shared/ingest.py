@@ -18,6 +18,17 @@ from shared.state import StateRepository
 from shared.webhook import AgentWebhook, build_trigger, utc_now_iso
 
 
+def failed_record(message, delivery, request_id):
+    """What triggers:{namespace}:failed keeps of a failed delivery: enough to send it again as it was."""
+    return {
+        "message": message,
+        "error": delivery.error,
+        "failed_at": utc_now_iso(),
+        "webhook_id": delivery.webhook_id,
+        "request_id": request_id,
+    }
+
+
 @dataclass(frozen=True)
 class Source:
     """What differs between the cost and the forecast ingest."""
@@ -90,7 +101,7 @@ class Aggregator:
                 self.repository.settle_delivered(namespace, claimed, risk, now)
                 delivery = "ok"
             else:
-                record = {"message": message, "error": outcome.error, "failed_at": utc_now_iso()}
+                record = failed_record(message, outcome, request_id)
                 self.repository.settle_failed(namespace, claimed, escalated, now, record)
                 delivery = "failed"
         sent_names = set(sent)

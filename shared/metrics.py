@@ -38,6 +38,26 @@ WEBHOOK_DURATION = Histogram(
 )
 REDIS_ERRORS = Counter("aggregator_redis_errors", "Requests that found Redis unavailable.", ["service"])
 
+TRIGGER_OUTCOMES = ("delivered", "failed", "cooldown")
+# The statuses the alerts and the dashboard single out (deploy/prometheus/alerts.yml).
+WATCHED_STATUSES = ("201", "500", "503")
+
+
+def start_series(service):
+    """Create, at zero, every series the alerts and the dashboard read, so their first increment shows.
+
+    A labelled series exists only once touched; born at 1, increase() sees no change and the
+    first failure after a start would raise no alert.
+    """
+    for status in WATCHED_STATUSES:
+        INGEST_REQUESTS.labels(service, status)
+    for outcome in TRIGGER_OUTCOMES:
+        TRIGGERS.labels(service, outcome)
+    REDIS_ERRORS.labels(service)
+    REQUEST_DURATION.labels(service)
+    WEBHOOK_DURATION.labels(service)
+    DEPLOYMENTS_INGESTED.labels(service)
+
 
 def record_ingest(service, result):
     """Count what one accepted ingest did (its IngestResult)."""

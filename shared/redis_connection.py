@@ -31,12 +31,14 @@ REDIS_UNAVAILABLE = (
 )
 
 # The least a Redis ACL user of the services needs: the commands of ingest, claims, settling,
-# the failed list, the failed-triggers CLI and /readyz (scripts run their HGET/HSET/... under the
-# same user), ROLE for Sentinel mode, SELECT for a database other than 0, and the key prefixes of
-# shared/state.py. The README quotes it and tests/test_redis_acl.py gives a user exactly this rule.
+# the failed list, the failed-triggers and redeliver commands (PTTL, LREM) and /readyz (scripts
+# run their HGET/HSET/... under the same user), ROLE for Sentinel mode, SELECT for a database
+# other than 0, and the key prefixes of shared/state.py. docs/operations.md quotes it and
+# tests/test_redis_acl.py gives a user exactly this rule.
 MINIMAL_ACL_RULE = (
     "resetkeys ~app:* ~trigger:* ~triggers:* ~cluster:* ~{cluster:* resetchannels -@all "
-    "+ping +role +select +evalsha +script|load +get +set +del +hget +hset +hgetall +lpush +ltrim +lrange"
+    "+ping +role +select +evalsha +script|load +get +set +del +pttl +hget +hset +hgetall "
+    "+lpush +ltrim +lrange +lrem"
 )
 
 # What a Redis Cluster user needs on top: redis-py's cluster client reads the slot map (CLUSTER
@@ -129,7 +131,8 @@ class NewestEpochSentinel(Sentinel):
         best, errors = None, []
         for sentinel in self.sentinels:
             try:
-                state = sentinel.sentinel_masters().get(service_name)
+                masters = sentinel.sentinel_masters()
+                state = masters.get(service_name) if isinstance(masters, dict) else None
             except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
                 errors.append(repr(exc))
                 continue

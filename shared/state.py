@@ -220,7 +220,7 @@ class StateRepository:
         def build(pipe, shas):
             for key in keys:
                 _evalsha(pipe, shas["release"], (key,), value)
-            pipe.lpush(self.failed_key(namespace), json.dumps(record, separators=(",", ":")))
+            pipe.lpush(self.failed_key(namespace), _record_json(record))
             pipe.ltrim(self.failed_key(namespace), 0, FAILED_KEEP - 1)
 
         self._run(build)
@@ -228,6 +228,25 @@ class StateRepository:
     def failed_triggers(self, namespace, limit=FAILED_KEEP):
         """The records of failed deliveries, newest first."""
         return [json.loads(raw) for raw in self.redis.lrange(self.failed_key(namespace), 0, limit - 1)]
+
+    def remove_failed(self, namespace, record):
+        """Drop one record, as failed_triggers returned it, from the failed list; True when it was there."""
+        return bool(self.redis.lrem(self.failed_key(namespace), 1, _record_json(record)))
+
+    def running_windows(self, namespace, names):
+        """{name: (claimed at, seconds left)} for the deployments of `names` whose cooldown window is claimed."""
+
+        def build(pipe, shas):
+            for name in names:
+                pipe.get(self.trigger_key(namespace, name))
+                pipe.pttl(self.trigger_key(namespace, name))
+
+        replies = self._run(build) if names else []
+        windows = {}
+        for name, claimed_at, left_ms in zip(names, replies[::2], replies[1::2]):
+            if claimed_at is not None and left_ms > 0:
+                windows[name] = (int(claimed_at), left_ms / 1000)
+        return windows
 
     def _queue_app_writes(self, pipe, shas, payload, ts_field, value_fields):
         namespace, ts = payload["namespace"], encode(payload["timestamp"])
@@ -268,6 +287,11 @@ class StateRepository:
 
     def _load_scripts(self):
         self._shas = {name: self.redis.script_load(body) for name, body in SCRIPTS.items()}
+
+
+def _record_json(record):
+    """A failed-delivery record as the list stores it; LREM finds a record by this exact text."""
+    return json.dumps(record, separators=(",", ":"))
 
 
 def _evalsha(pipe, sha, keys, *args):

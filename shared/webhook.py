@@ -75,12 +75,26 @@ class AgentWebhook:
         self.session = session or requests.Session()
         self.sleep = sleep
 
-    def deliver(self, message, request_id):
-        """Send one trigger message, retrying within the budget; return a Delivery whatever happens."""
+    @classmethod
+    def from_settings(cls, settings):
+        """The webhook described by Settings or WebhookSettings."""
+        return cls(
+            settings.webhook_url,
+            settings.webhook_connect_timeout,
+            settings.webhook_read_timeout,
+            settings.webhook_budget,
+            secret=settings.webhook_secret,
+        )
+
+    def deliver(self, message, request_id, webhook_id=None):
+        """Send one trigger message, retrying within the budget; return a Delivery whatever happens.
+
+        A redelivery passes the `webhook_id` of the first delivery, so the agent can drop a duplicate.
+        """
         started = time.monotonic()
         deadline = started + self.budget
         # One id for the message, the same on every retry, so the agent can drop duplicates.
-        webhook_id = f"msg_{uuid.uuid4().hex}"
+        webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
         body = json.dumps(message, separators=(",", ":"))
         attempt, status, error = 0, None, None
         while True:

@@ -93,6 +93,8 @@ def base_config(redis_server, redis_client, receiver):
         "COST_ENGINE_TOKEN": COST_TOKEN,
         "FORECAST_TOKEN": FORECAST_TOKEN,
         "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS": "2",
+        # A failing agent is retried until the budget runs out: 1 s keeps such tests short (the default is 5 s).
+        "AGENT_WEBHOOK_BUDGET_SECONDS": "1",
     }
 
 

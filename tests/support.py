@@ -320,3 +320,73 @@ def make_certificates(directory):
             "-days", "2", "-extfile", ext, "-out", paths[f"{role}_cert"],
         )  # fmt: skip
     return {name: str(path) for name, path in paths.items() if name != "ca_key"}
+
+
+class PrometheusServer:
+    """A real Prometheus on a free loopback port, scraping and evaluating every `interval`."""
+
+    def __init__(self, workdir, targets, rule_files=(), interval="1s", binary="prometheus"):
+        self.port = free_port()
+        self.workdir = Path(workdir)
+        self.targets = list(targets)
+        self.rule_files = [str(path) for path in rule_files]
+        self.interval = interval
+        self.binary = binary
+        self.process = None
+        self.output = None
+
+    @property
+    def url(self):
+        """The HTTP API's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        """Write the configuration, start Prometheus and wait until it is ready."""
+        import yaml
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
+            "rule_files": self.rule_files,
+            "scrape_configs": [{"job_name": "aggregator", "static_configs": [{"targets": self.targets}]}],
+        }
+        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.output = open(self.workdir / "prometheus.log", "wb")
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                f"--config.file={self.workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+        )
+        if not wait_until(lambda: requests.get(f"{self.url}/-/ready", timeout=1).ok, timeout=30):
+            self.stop()
+            raise RuntimeError(f"prometheus did not start; see {self.workdir / 'prometheus.log'}")
+        return self
+
+    def query(self, expr):
+        """The result vector of an instant query; raises if Prometheus refuses the query."""
+        response = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)
+        body = response.json()
+        if body.get("status") != "success":
+            raise RuntimeError(f"query {expr!r} failed: {body.get('error')}")
+        return body["data"]["result"]
+
+    def alerts(self):
+        """The alerts Prometheus holds now (pending or firing)."""
+        return requests.get(f"{self.url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+
+    def stop(self):
+        """Stop Prometheus."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.output:
+            self.output.close()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import SETTING_NAMES
+from shared.gunicorn_settings import WHOLE_NUMBERS
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -22,9 +23,10 @@ FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 
 
 def gunicorn_setting_names():
-    """The environment variables gunicorn.conf.py reads, found in its source."""
+    """The environment variables gunicorn.conf.py reads: its numbers' table, and what its source reads itself."""
     source = (ROOT / "gunicorn.conf.py").read_text()
-    return set(re.findall(r"""(?:environ\.get\(|environ\[|_whole_number\()\s*["']([A-Z][A-Z0-9_]*)["']""", source))
+    read = set(re.findall(r"""environ(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]*)["']""", source))
+    return read | set(WHOLE_NUMBERS)
 
 
 def configuration_table_names():

@@ -30,6 +30,8 @@ JSON_VALUES = st.recursive(
     max_leaves=20,
 )
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Every test here pushes generated (120 examples) or very large (10,000 deployments) input through the app.
+pytestmark = pytest.mark.slow
 
 
 def leaf_paths(value, path=()):

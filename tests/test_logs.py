@@ -8,7 +8,8 @@ import requests
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
 from tests.support import GunicornService, free_port
 
-pytestmark = pytest.mark.gunicorn
+# Three gunicorn services and a delivery retried until its budget runs out.
+pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 
 ROTATED = "rotated-cost-token-0123456789"
 SECRET = "whsec_bG9nLXRlc3Qtc2lnbmluZy1rZXktMDE="

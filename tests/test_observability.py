@@ -2,12 +2,13 @@
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from tests.conftest import COST_TOKEN
-from tests.support import GunicornService
+from tests.support import GunicornService, free_port
 
 pytestmark = pytest.mark.gunicorn
 
@@ -38,9 +39,16 @@ def cost(redis_server, redis_client, receiver, tmp_path):
 def test_counters_add_up_across_workers(cost, cost_payload, tmp_path):
     headers = {"Authorization": f"Bearer {COST_TOKEN}"}
     accepted, refused = 30, 7
-    for i in range(accepted):
-        cost_payload["timestamp"] = f"2024-01-01T12:00:{i:02d}Z"
-        assert requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10).ok
+
+    def ingest(_):
+        return requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10).status_code
+
+    # Four at a time, so both workers take some. One timestamp for all: none is stale, whatever the order.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(ingest, range(accepted))) == [201] * accepted
+    # Each worker that counted something has its own file: the page below must be their sum.
+    counting = {path.name for path in (tmp_path / "metrics").glob("counter_*.db")}
+    assert len(counting) == 2, counting
     for _ in range(refused):
         assert requests.post(f"{cost.url}/metrics/cost", json={}, headers=headers, timeout=10).status_code == 422
     for _ in range(6):  # several scrapes, so both workers answer some; each must see the sum
@@ -68,8 +76,6 @@ def test_counters_add_up_across_workers(cost, cost_payload, tmp_path):
 
 
 def test_redis_errors_are_counted(redis_server, receiver, tmp_path, cost_payload):
-    from tests.support import free_port
-
     env = {
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "AGENT_WEBHOOK_URL": receiver.url,

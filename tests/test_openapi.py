@@ -41,6 +41,7 @@ def test_document_follows_the_settings(base_config):
 
 
 @pytest.mark.gunicorn
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("app_uri", "token"), [("cost_service:create_app()", COST_TOKEN), ("forecast_service:create_app()", FORECAST_TOKEN)]
 )

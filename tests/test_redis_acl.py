@@ -92,6 +92,10 @@ def test_a_user_with_the_minimal_rule_runs_every_flow(server, admin, receiver, c
     assert printed.exit_code == 0, printed.output
     [line] = printed.output.splitlines()
     assert json.loads(line)["message"]["triggers"][0]["deployment"] == "checkout"
+    receiver.status = 202
+    redelivered = cost_app.test_cli_runner().invoke(args=["redeliver"])
+    assert redelivered.exit_code == 0, redelivered.output
+    assert not admin.exists("triggers:default:failed") and admin.exists("trigger:default:checkout")
 
     # Not one command or key was refused on the way (the ACL log lists every denial).
     assert admin.execute_command("ACL", "LOG") == []
@@ -111,6 +115,8 @@ def without(token):
         ("+set", lambda repo, payload: repo.claim("default", ["adservice"], {}, 1.0)),
         ("~triggers:*", lambda repo, payload: repo.settle_failed("default", [], [], 1.0, {"error": "x"})),
         ("+lrange", lambda repo, payload: repo.failed_triggers("default")),
+        ("+lrem", lambda repo, payload: repo.remove_failed("default", {"error": "x"})),
+        ("+pttl", lambda repo, payload: repo.running_windows("default", ["adservice"])),
         ("+ping", lambda repo, payload: repo.ping()),
     ],
 )

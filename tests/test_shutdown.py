@@ -2,7 +2,6 @@
 
 import signal
 import threading
-import time
 
 import pytest
 import requests
@@ -14,7 +13,7 @@ pytestmark = pytest.mark.gunicorn
 
 
 def test_sigterm_during_a_request_still_answers_it(redis_server, redis_client, receiver, tmp_path, cost_payload):
-    receiver.delay = 1.5  # the agent is slow, so the request is in flight when SIGTERM arrives
+    receiver.delay = 1.0  # the agent is slow, so the request is still in flight when SIGTERM arrives
     env = {"REDIS_URL": redis_server.url, "AGENT_WEBHOOK_URL": receiver.url, "COST_ENGINE_TOKEN": COST_TOKEN}
     service = GunicornService("cost_service:create_app()", env, workers=1).start(tmp_path / "cost.log")
     answers = []
@@ -31,8 +30,10 @@ def test_sigterm_during_a_request_still_answers_it(redis_server, redis_client, r
 
     caller = threading.Thread(target=ingest)
     caller.start()
-    time.sleep(0.5)
+    # The service is delivering the trigger, so the request is in flight: now stop the service.
+    assert receiver.arrived.wait(timeout=20)
     service.process.send_signal(signal.SIGTERM)
+    assert answers == []
     caller.join(timeout=30)
     assert service.process.wait(timeout=30) == 0
     service.stop()

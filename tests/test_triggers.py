@@ -69,8 +69,7 @@ def test_a_wrong_secret_fails_delivery_and_releases_the_claim(
 
 @pytest.fixture
 def clients(base_config):
-    config = {**base_config, "AGENT_WEBHOOK_BUDGET_SECONDS": "1"}
-    return create_cost_app(config).test_client(), create_forecast_app(config).test_client()
+    return create_cost_app(base_config).test_client(), create_forecast_app(base_config).test_client()
 
 
 def forecast_peak(forecast_payload, cpu):

@@ -1,10 +1,11 @@
 import json
+import re
 
 import pytest
 
 from cost_service import create_app
 from tests.conftest import FORECAST_TOKEN, auth
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 
 def post(client, payload, headers, **kwargs):
@@ -69,18 +70,21 @@ def test_cooldown_key_without_last_trigger_still_holds(cost_client, cost_headers
 
 def test_expired_cooldown_triggers_again(base_config, cost_headers, cost_payload, receiver, redis_client):
     client = create_app({**base_config, "COOLDOWN_SECONDS": "1"}).test_client()
-    post(client, cost_payload, cost_headers)
-    redis_client.delete("trigger:default:adservice")
-    redis_client.hset("app:default:adservice", "last_trigger", 1)  # long ago
+    assert post(client, cost_payload, cost_headers).get_json()["triggered"] == ["adservice"]
+    # Redis itself ends the window: the claim expires after COOLDOWN_SECONDS.
+    assert wait_until(lambda: not redis_client.exists("trigger:default:adservice"), timeout=5)
     assert post(client, cost_payload, cost_headers).get_json()["triggered"] == ["adservice"]
     assert len(receiver.messages) == 2
 
 
-@pytest.mark.parametrize("status", [500, 404, 429])
-def test_failed_delivery_releases_the_claim(cost_client, cost_headers, cost_payload, receiver, redis_client, status):
+@pytest.mark.parametrize(("status", "retried"), [(500, True), (404, False), (429, True)])
+def test_failed_delivery_releases_the_claim(
+    cost_client, cost_headers, cost_payload, receiver, redis_client, status, retried
+):
     receiver.status = status
     body = post(cost_client, cost_payload, cost_headers).get_json()
     assert body["delivery"] == "failed" and body["triggered"] == ["adservice"]
+    assert (len(receiver.calls) > 1) is retried
     assert not redis_client.exists("trigger:default:adservice")
     assert redis_client.hget("app:default:adservice", "last_trigger") is None
     receiver.status = 202
@@ -170,14 +174,22 @@ def test_too_many_deployments_is_422(base_config, cost_headers, cost_payload, re
 
 
 def test_oversized_body_is_413_and_writes_nothing(base_config, cost_headers, cost_payload, redis_client):
-    client = create_app({**base_config, "MAX_BODY_BYTES": "2048"}).test_client()
-    cost_payload["deployments"] *= 1
-    cost_payload["padding"] = "x" * 4096
-    response = client.post(
-        "/metrics/cost", data=json.dumps(cost_payload), headers={**cost_headers, "Content-Type": "application/json"}
-    )
-    assert_error_shape(response, 413, "PAYLOAD_TOO_LARGE")
+    # A valid payload, made large by its deployments alone: only its size can be the reason it is refused.
+    [template, _] = cost_payload["deployments"]
+    cost_payload["deployments"] = [{**template, "name": f"app-{i}"} for i in range(40)]
+    body = json.dumps(cost_payload)
+    headers = {**cost_headers, "Content-Type": "application/json"}
+
+    def post_with_limit(limit):
+        client = create_app({**base_config, "MAX_BODY_BYTES": str(limit)}).test_client()
+        return client.post("/metrics/cost", data=body, headers=headers)
+
+    assert len(body) > 2048
+    assert_error_shape(post_with_limit(2048), 413, "PAYLOAD_TOO_LARGE")
     assert redis_client.dbsize() == 0
+    # Under a limit it fits, the same body is accepted.
+    accepted = post_with_limit(len(body))
+    assert accepted.status_code == 201 and accepted.get_json()["deployments"] == 40
 
 
 def test_wrong_method_and_unknown_path(cost_client):
@@ -191,8 +203,13 @@ def test_request_id_is_taken_from_the_caller_and_sent_to_the_agent(cost_client, 
     response = post(cost_client, cost_payload, {**cost_headers, "X-Request-ID": "engine-42"})
     assert response.headers["X-Request-ID"] == "engine-42"
     assert receiver.headers[0]["X-Request-ID"] == "engine-42"
+    # An unsafe id is replaced by one of our own, which the agent then receives instead.
+    cost_payload["deployments"][1]["current_usage"]["cpu_cores"] = 0.1  # cartservice fires; adservice is held
     unsafe = post(cost_client, cost_payload, {**cost_headers, "X-Request-ID": "bad id; drop"})
-    assert unsafe.headers["X-Request-ID"] != "bad id; drop"
+    replaced = unsafe.headers["X-Request-ID"]
+    assert replaced != "bad id; drop" and re.fullmatch(r"[A-Za-z0-9._:-]+", replaced)
+    assert unsafe.get_json()["triggered"] == ["cartservice"]
+    assert receiver.headers[-1]["X-Request-ID"] == replaced
 
 
 def test_redis_down_is_503_with_retry_after(base_config, cost_headers, cost_payload):

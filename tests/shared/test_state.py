@@ -175,3 +175,20 @@ def test_cluster_timestamp_keys_share_a_slot_with_the_keys_they_guard():
     for item in ("cost", "vm_count", "req_cpu_total"):
         guarded = StateRepository.cluster_key("default", item).encode()
         assert key_slot(StateRepository.cluster_timestamp_key("default", item).encode()) == key_slot(guarded)
+
+
+def test_running_windows_say_when_each_was_claimed_and_how_long_is_left(repo):
+    repo.claim(NS, ["a"], {}, now=1000)
+    windows = repo.running_windows(NS, ["a", "b"])
+    assert list(windows) == ["a"]
+    claimed_at, left = windows["a"]
+    assert claimed_at == 1000 and 1790 < left <= 1800
+
+
+def test_a_kept_record_is_removed_by_its_content(repo):
+    first, second = {"webhook_id": "msg_1", "n": 1.5}, {"webhook_id": "msg_2", "n": 2}
+    for record in (first, second):
+        repo.settle_failed(NS, [], [], now=1, record=record)
+    assert repo.remove_failed(NS, repo.failed_triggers(NS)[1]) is True
+    assert repo.failed_triggers(NS) == [second]
+    assert repo.remove_failed(NS, first) is False

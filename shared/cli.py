@@ -1,0 +1,154 @@
+"""The operator's commands: list failed agent deliveries, and send them again.
+
+Both read only the settings they use from the app's config: `failed-triggers` the state store's
+(REDIS_URL, REDIS_CLUSTER, REDIS_TIMEOUT_SECONDS, ALLOWED_NAMESPACES), `redeliver` those and the
+webhook's. Every error is one line and a non-zero exit.
+"""
+
+import contextlib
+import json
+import logging
+
+import click
+from flask import current_app
+from flask.cli import ScriptInfo, with_appcontext
+from redis.exceptions import RedisError
+
+from shared.config import ConfigError, parse_store_settings, parse_webhook_settings
+from shared.redelivery import redeliver
+from shared.redis_connection import REDIS_UNAVAILABLE, connect_redis
+from shared.state import FAILED_KEEP, StateRepository
+from shared.webhook import AgentWebhook
+
+
+def under_flask_cli():
+    """True while the `flask` command line is loading or running the app (not under gunicorn)."""
+    context = click.get_current_context(silent=True)
+    return context is not None and context.find_object(ScriptInfo) is not None
+
+
+@contextlib.contextmanager
+def one_line_errors():
+    """Turn a bad setting or an unreachable Redis into click's one-line `Error: ...` and exit 1."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except REDIS_UNAVAILABLE as exc:
+        raise click.ClickException(f"Redis is unavailable: {type(exc).__name__}: {exc}") from None
+    except RedisError as exc:
+        raise click.ClickException(f"Redis refused the command: {type(exc).__name__}: {exc}") from None
+
+
+def _store():
+    """The store settings and a StateRepository, from the app's config."""
+    settings = parse_store_settings(current_app.config)
+    return settings, StateRepository(connect_redis(settings), settings.cooldown_seconds)
+
+
+def _namespaces(settings, given):
+    """The namespaces asked for (all allowed ones when none), refusing any that is not allowed."""
+    refused = sorted(set(given) - settings.allowed_namespaces)
+    if refused:
+        allowed = ", ".join(sorted(settings.allowed_namespaces))
+        raise click.ClickException(f"namespace {', '.join(refused)} is not in ALLOWED_NAMESPACES ({allowed})")
+    return list(dict.fromkeys(given)) or sorted(settings.allowed_namespaces)
+
+
+namespace_option = click.option(
+    "--namespace", "namespaces", multiple=True, help="Only this namespace (repeatable); default: every allowed one."
+)
+
+
+@click.command("failed-triggers")
+@namespace_option
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, FAILED_KEEP), help="Newest to show.")
+@with_appcontext
+def failed_triggers_command(namespaces, limit):
+    """Print the newest failed agent deliveries, one JSON record per line."""
+    with one_line_errors():
+        settings, repository = _store()
+        for namespace in _namespaces(settings, namespaces):
+            for record in repository.failed_triggers(namespace, limit):
+                click.echo(json.dumps(record, sort_keys=True))
+
+
+@click.command("redeliver")
+@namespace_option
+@click.option("--webhook-id", help="Send only the failed delivery with this webhook-id.")
+@click.option(
+    "--limit", default=20, show_default=True, type=click.IntRange(1, FAILED_KEEP), help="Newest to send again."
+)
+@with_appcontext
+def redeliver_command(namespaces, webhook_id, limit):
+    """Send failed agent deliveries again, newest first; what is delivered leaves the list.
+
+    A deployment whose cooldown window has been claimed since the failure is not sent again.
+    """
+    with one_line_errors():
+        settings, repository = _store()
+        namespaces = _namespaces(settings, namespaces)
+        webhook = AgentWebhook.from_settings(parse_webhook_settings(current_app.config))
+        pending = []
+        for namespace in namespaces:
+            records = repository.failed_triggers(namespace, FAILED_KEEP if webhook_id else limit)
+            pending += [(namespace, r) for r in records if not webhook_id or r.get("webhook_id") == webhook_id]
+        if webhook_id and not pending:
+            raise click.ClickException(f"no failed delivery has webhook-id {webhook_id}")
+        pending.sort(key=lambda entry: entry[1].get("failed_at", ""), reverse=True)
+        failures = 0
+        with _quiet_attempt_logs():
+            for namespace, record in pending[:limit]:
+                try:
+                    result = redeliver(repository, webhook, namespace, record)
+                except (KeyError, TypeError, ValueError) as exc:
+                    # Not a record ingest wrote: say so, leave it for a person, and go on with the rest.
+                    click.echo(
+                        f"unreadable {record.get('webhook_id', 'record')} {namespace}: {exc!r}; left in the list"
+                    )
+                    failures += 1
+                    continue
+                click.echo(_describe(namespace, result))
+                failures += not result.ok
+    if not pending:
+        click.echo("no failed deliveries to send")
+    if failures:
+        raise click.ClickException(f"{failures} of {min(len(pending), limit)} redeliveries failed; they stay listed")
+
+
+@contextlib.contextmanager
+def _quiet_attempt_logs():
+    """The command prints one line per delivery; the attempts' own log lines belong to the services."""
+    logger = logging.getLogger("aggregator")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _describe(namespace, result):
+    """One line saying what a redelivery did."""
+    parts = []
+    if result.sent:
+        names = ", ".join(result.sent)
+        delivery = result.delivery
+        if delivery.ok:
+            parts.append(f"delivered {result.webhook_id} {namespace}: {names} (HTTP {delivery.status_code})")
+        else:
+            parts.append(
+                f"failed {result.webhook_id} {namespace}: {names}: {delivery.error} after "
+                f"{delivery.attempts} attempt(s); kept in the list"
+            )
+    if result.superseded:
+        names = ", ".join(result.superseded)
+        verb = "skipped" if result.sent else f"superseded {result.webhook_id} {namespace}:"
+        parts.append(f"{verb} {names} (cooldown window claimed since the failure)")
+    return "; ".join(parts)
+
+
+def register(app):
+    """Add the operator's commands to an app."""
+    app.cli.add_command(failed_triggers_command)
+    app.cli.add_command(redeliver_command)

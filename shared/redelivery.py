@@ -1,0 +1,72 @@
+"""Sending a failed delivery again: claim first as ingest does, same webhook-id, settle, tidy the failed list."""
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from shared.ingest import failed_record
+from shared.rules import has_risk
+
+
+@dataclass
+class Redelivery:
+    """What sending one kept record again did."""
+
+    webhook_id: str
+    sent: list = field(default_factory=list)  # deployments sent again
+    superseded: list = field(default_factory=list)  # deployments whose window was claimed since
+    delivery: object = None  # the webhook Delivery, when something was sent
+
+    @property
+    def ok(self):
+        """True unless a delivery was attempted and failed."""
+        return self.delivery is None or self.delivery.ok
+
+
+def redeliver(repository, webhook, namespace, record, now=None):
+    """Send a record of triggers:{namespace}:failed again; return a Redelivery.
+
+    Every deployment is claimed first, exactly as ingest claims it (SET NX EX), so a deployment
+    whose cooldown window has been claimed since the failure is not sent a second time. An
+    escalation goes again only into the window it escalated, under the escalation claim. Delivered,
+    the record leaves the list; failed, it is replaced by one naming the latest error.
+    """
+    now = time.time() if now is None else now
+    message = record["message"]
+    items = {item["deployment"]: item for item in message["triggers"]}
+    webhook_id = record.get("webhook_id") or f"msg_{uuid.uuid4().hex}"
+    result = Redelivery(webhook_id)
+
+    running = repository.running_windows(namespace, list(items))
+    built_at = datetime.fromisoformat(message["sent_at"]).timestamp()
+    fresh = [name for name in items if name not in running]
+    # A window claimed no later than the message was built is the one the escalation was for.
+    escalations = {
+        name: running[name][1]
+        for name, item in items.items()
+        if item.get("escalation") and name in running and running[name][0] <= built_at
+    }
+    claimed, escalated = repository.claim(namespace, fresh, escalations, now)
+    result.sent = claimed + escalated
+    result.superseded = [name for name in items if name not in result.sent]
+
+    if result.sent:
+        escalated_names = set(escalated)
+        triggers = []
+        for name in result.sent:
+            item = {key: value for key, value in items[name].items() if key != "escalation"}
+            if name in escalated_names:
+                item["escalation"] = True
+            triggers.append(item)
+        message = {**message, "triggers": triggers}
+        result.delivery = webhook.deliver(message, record.get("request_id") or uuid.uuid4().hex, webhook_id)
+        if result.delivery.ok:
+            risk = [name for name in claimed if has_risk(items[name]["reasons"])]
+            repository.settle_delivered(namespace, claimed, risk, now)
+        else:
+            again = failed_record(message, result.delivery, record.get("request_id"))
+            repository.settle_failed(namespace, claimed, escalated, now, again)
+    # Delivered, superseded or replaced by its newer failure: the old record has done its job.
+    repository.remove_failed(namespace, record)
+    return result
