@@ -20,11 +20,12 @@ import requests
 from cost_service import create_app as create_cost_app
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
 from tests.support import GunicornService, RedisSentinelSet, make_certificates, wait_until
-from tests.test_redis_restart import BASE, DEPLOYMENTS, payload
+from tests.test_redis_restart import BASE, payload
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.sentinel]
 
 MASTER = "aggregator"
+DEPLOYMENTS = [f"app-{i}" for i in range(12)]
 
 
 @pytest.fixture
