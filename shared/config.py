@@ -5,7 +5,7 @@ import binascii
 import math
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from shared.rules import Thresholds
 from shared.schemas import DNS_LABEL
@@ -46,6 +46,12 @@ SETTING_NAMES = (
     "AGENT_WEBHOOK_SECRET_FILE",
     "COST_ENGINE_TOKEN",
     "COST_ENGINE_TOKEN_FILE",
+    "REDIS_PASSWORD",
+    "REDIS_PASSWORD_FILE",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTER",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_SENTINEL_PASSWORD_FILE",
     "FORECAST_TOKEN",
     "FORECAST_TOKEN_FILE",
 )
@@ -67,6 +73,12 @@ class Settings:
     redis_cluster: bool
     redis_cluster_nodes: tuple[tuple[str, int], ...]
     redis_timeout: float
+    # The data nodes' password from REDIS_PASSWORD(_FILE), overriding REDIS_URL's; None when unset.
+    redis_password: str | None
+    # Sentinel mode: (host, port) pairs and the monitored primary's name; () and None otherwise.
+    redis_sentinels: tuple[tuple[str, int], ...]
+    redis_sentinel_master: str | None
+    redis_sentinel_password: str | None
     webhook_url: str
     webhook_connect_timeout: float
     webhook_read_timeout: float
@@ -92,6 +104,12 @@ class StoreSettings:
     redis_cluster: bool
     redis_cluster_nodes: tuple[tuple[str, int], ...]
     redis_timeout: float
+    # The data nodes' password from REDIS_PASSWORD(_FILE), overriding REDIS_URL's; None when unset.
+    redis_password: str | None
+    # Sentinel mode: (host, port) pairs and the monitored primary's name; () and None otherwise.
+    redis_sentinels: tuple[tuple[str, int], ...]
+    redis_sentinel_master: str | None
+    redis_sentinel_password: str | None
     cooldown_seconds: int
     allowed_namespaces: frozenset[str]
 
@@ -158,6 +176,127 @@ def _tokens(config, name):
     if any(len(token) < 16 for token in tokens):
         raise ConfigError(f"{name} must hold tokens of at least 16 characters")
     return tokens
+
+
+def _url_bool(raw):
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _positive_float(raw):
+    value = float(raw)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _whole(low, high):
+    def parse(raw):
+        if not raw.strip().isdigit() or not low <= int(raw) <= high:
+            raise ValueError(raw)
+        return int(raw)
+
+    return parse
+
+
+def _existing(kind):
+    def check(raw):
+        if not (os.path.isfile(raw) if kind == "file" else os.path.isdir(raw)):
+            raise ValueError(raw)
+        return raw
+
+    return check
+
+
+def _choice(*choices):
+    def check(raw):
+        if raw not in choices:
+            raise ValueError(raw)
+        return raw
+
+    return check
+
+
+# The REDIS_URL query arguments we accept (redis-py passes any other one on as a keyword and
+# fails on the first request), each with the check it must pass and what it expects.
+REDIS_URL_OPTIONS = {
+    "db": (_whole(0, 10_000), "a whole number"),
+    "socket_timeout": (_positive_float, "a number of seconds above 0"),
+    "socket_connect_timeout": (_positive_float, "a number of seconds above 0"),
+    "socket_keepalive": (_url_bool, "true or false"),
+    "health_check_interval": (_whole(0, 86_400), "a whole number of seconds"),
+    "max_connections": (_whole(1, 100_000), "a whole number from 1"),
+    "retry_on_timeout": (_url_bool, "true or false"),
+    "protocol": (_choice("2", "3"), "2 or 3"),
+    "client_name": (str, "a name"),
+    "ssl_cert_reqs": (_choice("none", "optional", "required"), "none, optional or required"),
+    "ssl_ca_certs": (_existing("file"), "an existing file"),
+    "ssl_ca_path": (_existing("dir"), "an existing directory"),
+    "ssl_certfile": (_existing("file"), "an existing file"),
+    "ssl_keyfile": (_existing("file"), "an existing file"),
+    "ssl_check_hostname": (_url_bool, "true or false"),
+}
+
+
+def _redis_url(config):
+    """REDIS_URL, every part checked; messages name REDIS_URL but never echo it (it may hold a password)."""
+    url = _required(config, "REDIS_URL")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError("REDIS_URL is not a valid URL (check its host and port)") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError("REDIS_URL names no host")
+    if parts.scheme != "unix" and port == 0:
+        raise ConfigError("REDIS_URL's port must be from 1 to 65535")
+    database = unquote(parts.path).strip("/")
+    if parts.scheme != "unix" and database and not (database.isdigit() and int(database) <= 10_000):
+        raise ConfigError(f"REDIS_URL's database (the path) must be a whole number, got {database!r}")
+    try:
+        options = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ConfigError("REDIS_URL's query string is malformed") from None
+    for name, value in options:
+        if name not in REDIS_URL_OPTIONS:
+            raise ConfigError(f"REDIS_URL has an unknown option {name!r}; known: {', '.join(REDIS_URL_OPTIONS)}")
+        if name.startswith("ssl_") and parts.scheme != "rediss":
+            raise ConfigError(f"REDIS_URL's {name} needs a rediss:// URL")
+        check, expected = REDIS_URL_OPTIONS[name]
+        try:
+            check(value)
+        except ValueError:
+            shown = "" if name in ("client_name",) else f", got {value!r}"
+            raise ConfigError(f"REDIS_URL's {name} must be {expected}{shown}") from None
+    if len({name for name, _ in options}) != len(options):
+        raise ConfigError("REDIS_URL repeats an option")
+    return url
+
+
+def _sentinels(config):
+    """REDIS_SENTINELS as (host, port) pairs and REDIS_SENTINEL_MASTER; ((), None) when not in Sentinel mode."""
+    raw = str(config.get("REDIS_SENTINELS") or "").strip()
+    master = str(config.get("REDIS_SENTINEL_MASTER") or "").strip()
+    if not raw:
+        if master:
+            raise ConfigError("REDIS_SENTINEL_MASTER is set but REDIS_SENTINELS is not")
+        return (), None
+    if not master:
+        raise ConfigError("REDIS_SENTINEL_MASTER is required with REDIS_SENTINELS")
+    addresses = []
+    for entry in (part.strip() for part in raw.split(",")):
+        host, _, port = entry.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"REDIS_SENTINELS must be comma-separated host:port pairs, got {entry!r}")
+        addresses.append((host, int(port)))
+    return tuple(addresses), master
 
 
 def _webhook_url(config):
@@ -235,15 +374,25 @@ def read_environment(environ=None):
 
 def parse_store_settings(config):
     """Validate the state store's settings into StoreSettings; raise ConfigError naming the culprit."""
-    redis_url = _required(config, "REDIS_URL")
-    if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}")
+    redis_url = _redis_url(config)
+    sentinels, sentinel_master = _sentinels(config)
     redis_cluster = _flag(config, "REDIS_CLUSTER")
+    if sentinels and redis_cluster:
+        raise ConfigError("REDIS_SENTINELS and REDIS_CLUSTER=true are both set; a store is one or the other")
+    if sentinels and urlsplit(redis_url).scheme == "unix":
+        raise ConfigError("REDIS_URL must be redis:// or rediss:// with REDIS_SENTINELS (Sentinels name TCP addresses)")
+    redis_password = _secret(config, "REDIS_PASSWORD")
+    if redis_password and urlsplit(redis_url).password:
+        raise ConfigError("REDIS_URL has a password and REDIS_PASSWORD(_FILE) is set; set one")
     return StoreSettings(
         redis_url=redis_url,
         redis_cluster=redis_cluster,
         redis_cluster_nodes=_cluster_nodes(config, redis_cluster),
         redis_timeout=_number(config, "REDIS_TIMEOUT_SECONDS", 0.1, 60),
+        redis_password=redis_password or None,
+        redis_sentinels=sentinels,
+        redis_sentinel_master=sentinel_master,
+        redis_sentinel_password=_secret(config, "REDIS_SENTINEL_PASSWORD") or None,
         # At least one second, so two claims of one key can never carry the same value.
         cooldown_seconds=_number(config, "COOLDOWN_SECONDS", 1, 7 * 24 * 3600, int),
         allowed_namespaces=_namespaces(config),
@@ -275,6 +424,10 @@ def parse_settings(config, token_setting):
         redis_cluster=store.redis_cluster,
         redis_cluster_nodes=store.redis_cluster_nodes,
         redis_timeout=store.redis_timeout,
+        redis_password=store.redis_password,
+        redis_sentinels=store.redis_sentinels,
+        redis_sentinel_master=store.redis_sentinel_master,
+        redis_sentinel_password=store.redis_sentinel_password,
         webhook_url=webhook.webhook_url,
         webhook_connect_timeout=webhook.webhook_connect_timeout,
         webhook_read_timeout=webhook.webhook_read_timeout,

@@ -24,6 +24,14 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory):
+    """A valkey-server of the test session's own (from `make valkey-server`), started on first use."""
+    server = RedisServer(tmp_path_factory.mktemp("valkey"), binary="valkey-server").start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def redis_client(redis_server):
     """A client of the session's Redis, empty before and after the test."""
@@ -43,9 +51,15 @@ def redis_cluster(tmp_path_factory):
     servers.stop()
 
 
-@pytest.fixture(params=["single", pytest.param("cluster", marks=pytest.mark.cluster)])
+@pytest.fixture(
+    params=[
+        "single",
+        pytest.param("cluster", marks=pytest.mark.cluster),
+        pytest.param("valkey", marks=pytest.mark.valkey),
+    ]
+)
 def store(request, redis_server):
-    """A state store to run a test against twice: one redis-server, then a Redis Cluster.
+    """A state store to run a test against three times: one redis-server, a Redis Cluster, one valkey-server.
 
     Yields (url, cluster flag, client); the store is empty before and after the test.
     """
@@ -53,7 +67,7 @@ def store(request, redis_server):
         url = request.getfixturevalue("redis_cluster").url
         client = redis.RedisCluster.from_url(url)
     else:
-        url = redis_server.url
+        url = (request.getfixturevalue("valkey_server") if request.param == "valkey" else redis_server).url
         client = redis.Redis.from_url(url)
     client.flushdb()
     client.script_flush()

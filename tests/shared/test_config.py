@@ -149,3 +149,88 @@ def test_cluster_seed_nodes():
 def test_bad_cluster_seed_nodes_are_refused_by_name(overrides):
     with pytest.raises(ConfigError, match="REDIS_CLUSTER_NODES"):
         settings(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("redis://:hunter2-secret@r:6379/0?ssl_ca_cert=/ca.crt", "unknown option 'ssl_ca_cert'"),
+        ("redis://:hunter2-secret@r:6379/0?socket_timeout=abc", "socket_timeout must be a number of seconds"),
+        ("redis://:hunter2-secret@r:6379/0?socket_timeout=0", "socket_timeout"),
+        ("redis://:hunter2-secret@r:6379/0?max_connections=-1", "max_connections"),
+        ("redis://:hunter2-secret@r:6379/notanumber", "database"),
+        ("redis://:hunter2-secret@r:6379/-1", "database"),
+        ("redis://:hunter2-secret@r:6379/0?db=x", "db must be a whole number"),
+        ("redis://:hunter2-secret@r:port/0", "not a valid URL"),
+        ("redis://:hunter2-secret@r:0/0", "port"),
+        ("redis://:hunter2-secret@/0", "no host"),
+        ("rediss://:hunter2-secret@r:6379/0?ssl_ca_certs=/no/such/ca.crt", "ssl_ca_certs must be an existing file"),
+        ("rediss://:hunter2-secret@r:6379/0?ssl_certfile=/no/such.crt", "ssl_certfile"),
+        ("rediss://:hunter2-secret@r:6379/0?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
+        ("redis://:hunter2-secret@r:6379/0?ssl_cert_reqs=none", "needs a rediss:// URL"),
+        ("redis://:hunter2-secret@r:6379/0?protocol=4", "protocol"),
+        ("redis://:hunter2-secret@r:6379/0?db=1&db=2", "repeats"),
+        ("http://:hunter2-secret@r:6379/0", "must start with"),
+    ],
+)
+def test_bad_redis_url_is_named_without_its_password(url, named):
+    with pytest.raises(ConfigError, match="REDIS_URL") as info:
+        settings(REDIS_URL=url)
+    assert named in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_good_redis_urls_pass(tmp_path):
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not checked here: redis-py reads it at the first connection\n")
+    for url in (
+        "redis://r:6379/3",
+        "redis://user:pw@r/0?socket_timeout=0.5&socket_keepalive=true&health_check_interval=10&client_name=svc",
+        f"rediss://r:6380/0?ssl_ca_certs={ca}&ssl_certfile={ca}&ssl_keyfile={ca}&ssl_cert_reqs=required",
+        f"rediss://r:6380?ssl_ca_path={tmp_path}&ssl_check_hostname=false&protocol=3",
+        "unix:///run/redis.sock?db=2",
+    ):
+        assert settings(REDIS_URL=url).redis_url == url
+
+
+def test_redis_password_from_a_file(tmp_path):
+    path = tmp_path / "redis-password"
+    path.write_text("s3cret-redis-pw\n")
+    assert settings(REDIS_PASSWORD_FILE=str(path)).redis_password == "s3cret-redis-pw"
+    assert settings().redis_password is None
+    with pytest.raises(ConfigError, match="REDIS_PASSWORD_FILE cannot be read"):
+        settings(REDIS_PASSWORD_FILE=str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="REDIS_URL has a password and REDIS_PASSWORD") as info:
+        settings(REDIS_URL="redis://:other-pw@r:6379/0", REDIS_PASSWORD_FILE=str(path))
+    assert "other-pw" not in str(info.value) and "s3cret" not in str(info.value)
+
+
+def test_sentinel_settings(tmp_path):
+    s = settings(REDIS_SENTINELS=" s1:26379, 10.0.0.7:26380 ,[::1]:5000", REDIS_SENTINEL_MASTER="mymaster")
+    assert s.redis_sentinels == (("s1", 26379), ("10.0.0.7", 26380), ("::1", 5000))
+    assert s.redis_sentinel_master == "mymaster" and s.redis_sentinel_password is None
+    path = tmp_path / "sentinel-password"
+    path.write_text("sentinel-pw\n")
+    s = settings(REDIS_SENTINELS="s1:26379", REDIS_SENTINEL_MASTER="m", REDIS_SENTINEL_PASSWORD_FILE=str(path))
+    assert s.redis_sentinel_password == "sentinel-pw"
+    assert settings().redis_sentinels == () and settings().redis_sentinel_master is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"REDIS_SENTINELS": "s1:26379", "REDIS_SENTINEL_MASTER": "m", "REDIS_CLUSTER": "true"}, "REDIS_CLUSTER"),
+        ({"REDIS_SENTINELS": "s1:26379"}, "REDIS_SENTINEL_MASTER is required"),
+        ({"REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS is not"),
+        ({"REDIS_SENTINELS": "s1", "REDIS_SENTINEL_MASTER": "m"}, "host:port"),
+        ({"REDIS_SENTINELS": "s1:26379,", "REDIS_SENTINEL_MASTER": "m"}, "host:port"),
+        ({"REDIS_SENTINELS": "s1:99999", "REDIS_SENTINEL_MASTER": "m"}, "host:port"),
+        (
+            {"REDIS_SENTINELS": "s1:1", "REDIS_SENTINEL_MASTER": "m", "REDIS_URL": "unix:///r.sock"},
+            "redis:// or rediss://",
+        ),
+    ],
+)
+def test_bad_sentinel_settings(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        settings(**overrides)
