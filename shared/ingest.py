@@ -15,8 +15,8 @@ from shared.rules import (
     forecast_gap,
     has_risk,
 )
-from shared.state import StateRepository
-from shared.webhook import AgentWebhook, build_trigger, utc_now_iso
+from shared.state import SavedPayload, StateRepository
+from shared.webhook import AgentWebhook, Delivery, build_trigger, utc_now_iso
 
 log = logging.getLogger("aggregator")
 
@@ -40,9 +40,9 @@ class Source:
     """What differs between the cost and the forecast ingest."""
 
     name: str  # the trigger's "source"
-    save: Callable  # StateRepository method storing a loaded payload
-    gap: Callable  # rule function: why a state cannot be evaluated, or None
-    evaluate: Callable  # rule function over one deployment's stored state
+    save: Callable[[StateRepository, dict], SavedPayload]  # stores a loaded payload
+    gap: Callable[[dict, Thresholds], str | None]  # why a stored state cannot be evaluated
+    evaluate: Callable[[dict, Thresholds], list[dict]]  # the reasons the rules fire on a stored state
 
 
 COST = Source("cost", StateRepository.save_cost, cost_gap, evaluate_cost)
@@ -56,7 +56,7 @@ class IngestResult:
     body: dict
     firing: dict  # deployment -> reasons, for every deployment whose rules fired
     cooldown: list  # deployments held back by a running window
-    delivery: object = None  # the webhook Delivery, when a trigger was sent
+    delivery: Delivery | None = None  # when a trigger was sent
 
 
 @dataclass

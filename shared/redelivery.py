@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from shared.ingest import failed_record
+from shared.webhook import Delivery
 
 
 @dataclass
@@ -15,7 +16,7 @@ class Redelivery:
     webhook_id: str
     sent: list = field(default_factory=list)  # deployments sent again
     superseded: list = field(default_factory=list)  # deployments whose window was claimed since
-    delivery: object = None  # the webhook Delivery, when something was sent
+    delivery: Delivery | None = None  # when something was sent
 
     @property
     def ok(self):

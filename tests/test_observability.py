@@ -38,17 +38,25 @@ def cost(redis_server, redis_client, receiver, tmp_path):
 
 def test_counters_add_up_across_workers(cost, cost_payload, tmp_path):
     headers = {"Authorization": f"Bearer {COST_TOKEN}"}
-    accepted, refused = 30, 7
+    refused = 7
 
     def ingest(_):
         return requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10).status_code
 
-    # Four at a time, so both workers take some. One timestamp for all: none is stale, whatever the order.
+    # Each process that counted something has its own file (the master's holds the series it starts
+    # at zero): the page below must be their sum. Four at a time, and on until both workers have
+    # counted, so that the sum is of two. One timestamp for all: none is stale, whatever the order.
+    def workers_counting():
+        files = {path.name for path in (tmp_path / "metrics").glob("counter_*.db")}
+        return files - {f"counter_{cost.process.pid}.db"}
+
+    accepted = 0
     with ThreadPoolExecutor(max_workers=4) as pool:
-        assert list(pool.map(ingest, range(accepted))) == [201] * accepted
-    # Each worker that counted something has its own file: the page below must be their sum.
-    counting = {path.name for path in (tmp_path / "metrics").glob("counter_*.db")}
-    assert len(counting) == 2, counting
+        while len(workers_counting()) < 2 or accepted < 30:
+            assert accepted < 400, f"one worker took every request: {workers_counting()}"
+            assert list(pool.map(ingest, range(4))) == [201] * 4
+            accepted += 4
+    assert len(workers_counting()) == 2, workers_counting()
     for _ in range(refused):
         assert requests.post(f"{cost.url}/metrics/cost", json={}, headers=headers, timeout=10).status_code == 422
     for _ in range(6):  # several scrapes, so both workers answer some; each must see the sum
