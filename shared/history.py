@@ -39,17 +39,18 @@ NOMINAL_SAMPLE_SECONDS = 300
 # Below this much history the recommendation falls back to the latest sample.
 MIN_HISTORY_HOURS = 24
 
-# record_usage(key, ts, ts_raw, cpu_field, slot, day_raw, mem_raw, half_life_raw): count a cost sample
-# in the history hash `key`, unless a sample at least as new was counted already. ts is the
-# sample's Unix seconds and ts_raw the same as a string; the next four come from usage_args().
-# Strings are stored as they are. Returns 1 when counted, 0 when not. A sample costs two
-# redis.call (HMGET, HSET); the rest runs only on a key's first sample, the first sample of an
-# hour (EXPIRE), a new bucket (HLEN), a rescale (every 20 half-lives) or a merge.
+# record_usage(key, ts, ts_raw, cpu_field, day_field, peak_field, day_raw, mem_raw, half_life): count
+# a cost sample in the history hash `key`, unless a sample at least as new was counted already. ts
+# is the sample's Unix seconds and ts_raw the same as a string; cpu_field its bucket (`cpu:<i>`,
+# bucket_index), day_field and peak_field the memory window's two fields (`mem_day:<s>`,
+# `mem_peak:<s>`), day_raw its UTC day number, mem_raw the memory in MiB, half_life in seconds (a
+# number). The caller works out what a whole payload shares once. Strings are stored as they are.
+# Returns 1 when counted, 0 when not. A sample costs two redis.call (HMGET, HSET); the rest runs
+# only on a key's first sample, the first sample of an hour (EXPIRE), a new bucket (HLEN), a
+# rescale (every 20 half-lives) or a merge.
 RECORD_USAGE_LUA = f"""
-local function record_usage(key, ts, ts_raw, cpu_field, slot, day_raw, mem_raw, half_life_raw)
-  local half_life = tonumber(half_life_raw)
-  local h = redis.call('HMGET', key, 'last_sample', 'reference', 'samples', cpu_field, 'mem_day:' .. slot,
-    'mem_peak:' .. slot)
+local function record_usage(key, ts, ts_raw, cpu_field, day_field, peak_field, day_raw, mem_raw, half_life)
+  local h = redis.call('HMGET', key, 'last_sample', 'reference', 'samples', cpu_field, day_field, peak_field)
   local last = tonumber(h[1])
   if last and ts <= last then
     return 0
@@ -80,9 +81,9 @@ local function record_usage(key, ts, ts_raw, cpu_field, slot, day_raw, mem_raw, 
   local samples = (tonumber(h[3]) or 0) + 1
   if h[5] ~= day_raw then
     redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight,
-      'mem_day:' .. slot, day_raw, 'mem_peak:' .. slot, mem_raw)
+      day_field, day_raw, peak_field, mem_raw)
   elseif tonumber(mem_raw) > tonumber(h[6]) then
-    redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight, 'mem_peak:' .. slot, mem_raw)
+    redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight, peak_field, mem_raw)
   else
     redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight)
   end
@@ -124,12 +125,6 @@ def bucket_index(cpu):
     if cpu < FIRST_BUCKET_CORES:
         return 0
     return math.floor(math.log(cpu * BUCKET_GROWTH / FIRST_BUCKET_CORES + 1) / math.log(1 + BUCKET_GROWTH))
-
-
-def usage_args(ts, cpu, mem_raw, half_life_raw):
-    """record_usage's arguments after the timestamp: worked out here, by the workers, not by Redis's one thread."""
-    day = math.floor(ts / WINDOW_SECONDS)
-    return (f"cpu:{bucket_index(cpu)}", str(day % MEMORY_WINDOWS), str(day), mem_raw, half_life_raw)
 
 
 def bucket_start(index):

@@ -86,8 +86,9 @@ for j = 1, nread do
   read[j + 1] = A[ao + 8 + nfields + j]
 end
 local h = ao + 9 + nfields + nread
-local slot, day, half_life = A[h], A[h + 1], A[h + 2]
+local slot, day, half_life = A[h], A[h + 1], tonumber(A[h + 2])
 local history = slot ~= ''
+local day_field, peak_field = 'mem_day:' .. slot, 'mem_peak:' .. slot
 local per_values = history and nfields + 2 or nfields
 local out, v, k = {{}}, h + 3, ko
 for i = 1, rows do
@@ -100,7 +101,7 @@ for i = 1, rows do
     end
     redis.call('HSET', key, unpack(hset))
     if history then
-      record_usage(K[k + 2], stamp, ts, A[v + nfields], slot, day, A[v + nfields + 1], half_life)
+      record_usage(K[k + 2], stamp, ts, A[v + nfields], day_field, peak_field, day, A[v + nfields + 1], half_life)
     end
     for j = 2, nread + 1 do
       if not got[j] then
@@ -332,7 +333,7 @@ class StateRepository:
                 for row in deployments
             ]
         else:
-            usage = ("", "", "")
+            usage = ("", "", "0")
             rows = [
                 Unit((app_key(namespace, row["name"]),), tuple([encode(row[name]) for name in value_fields]))
                 for row in deployments
