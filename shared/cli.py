@@ -148,7 +148,7 @@ def _describe(namespace, result):
     return "; ".join(parts)
 
 
-def register(app):
+def init_app(app):
     """Add the operator's commands to an app."""
     app.cli.add_command(failed_triggers_command)
     app.cli.add_command(redeliver_command)

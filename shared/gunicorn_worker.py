@@ -15,7 +15,7 @@ from http import HTTPStatus
 from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import ThreadWorker as GunicornThreadWorker
 
-from shared.web import ApiError, error_body, new_request_id
+from shared.errors import ApiError, error_body, new_request_id
 
 DEFAULT_CLIENT_READ_TIMEOUT = 10.0
 

@@ -200,7 +200,7 @@ class ClusterTotalsSchema(Schema):
     current_hourly_cost_gbp = StrictNumber(required=True, maximum=MAX_HOURLY_COST)
 
 
-class _PayloadSchema(Schema):
+class PayloadSchema(Schema):
     """Fields and limits common to both payloads."""
 
     class Meta:
@@ -222,7 +222,7 @@ class _PayloadSchema(Schema):
         ]
 
 
-class CostPayloadSchema(_PayloadSchema):
+class CostPayloadSchema(PayloadSchema):
     """POST /metrics/cost: requests and usage per deployment, plus cluster totals."""
 
     source = fields.String(required=True, validate=validate.Equal("cost-engine"))
@@ -236,7 +236,7 @@ class CostPayloadSchema(_PayloadSchema):
     )
 
 
-class ForecastPayloadSchema(_PayloadSchema):
+class ForecastPayloadSchema(PayloadSchema):
     """POST /metrics/forecast: the predicted 24-hour peak per deployment."""
 
     source = fields.String(required=True, validate=validate.Equal("forecast"))

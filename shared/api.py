@@ -1,0 +1,84 @@
+"""The ingest API: one POST route per service, behind its callers' bearer tokens."""
+
+import hmac
+import json
+from typing import Any, NoReturn
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask_httpauth import HTTPTokenAuth
+from marshmallow import ValidationError
+from werkzeug.exceptions import ClientDisconnected
+
+from shared import metrics
+from shared.errors import ApiError
+from shared.services import service
+
+token_auth = HTTPTokenAuth(scheme="Bearer")
+
+
+@token_auth.verify_token
+def _verify_token(token: str | None) -> bool | None:
+    presented = (token or "").encode()
+    # Compare against every accepted token, so timing says nothing about which one matched.
+    matches = [hmac.compare_digest(presented, accepted.encode()) for accepted in service().settings.tokens]
+    return True if any(matches) else None
+
+
+@token_auth.error_handler
+def _auth_failed(status: int) -> NoReturn:
+    raise ApiError(401, "A valid bearer token is required.", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_json_object() -> dict[str, Any]:
+    """The request body as a JSON object, or an ApiError saying why it is not one."""
+    if not request.is_json:
+        raise ApiError(415, "Content-Type must be application/json.")
+    try:
+        raw = request.get_data(cache=False)  # werkzeug refuses a Content-Length over MAX_CONTENT_LENGTH with 413
+        # ...but stops reading a chunked body at the limit without a word: one byte more means too large.
+        too_large = (
+            request.content_length is None
+            and len(raw) >= current_app.config["MAX_CONTENT_LENGTH"]
+            and request.environ["wsgi.input"].read(1)
+        )
+    except ClientDisconnected as exc:
+        # werkzeug reports the server's client read timeout as a disconnection: a body trickling in
+        # (or stalled half way) is cut by that timeout, so that it cannot hold a thread for ever.
+        if isinstance(exc.__context__, TimeoutError):
+            raise ApiError(408, "The request body did not arrive in time.") from None
+        raise
+    if too_large:
+        raise ApiError(413, "Request body is larger than MAX_BODY_BYTES.")
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "Request body is not valid JSON.", details={"reason": str(exc)[:200]}) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.")
+    return body
+
+
+@token_auth.login_required
+def ingest_view() -> tuple[Response, int]:
+    """Validate the payload, store it, evaluate the rules and trigger the agent when due."""
+    svc = service()
+    body = read_json_object()
+    try:
+        payload = svc.schema.load(body)
+    except ValidationError as exc:
+        raise ApiError(422, "Payload failed validation.", details={"fields": exc.messages}) from None
+    result = svc.aggregator.ingest(svc.source, payload, g.request_id)
+    metrics.record_ingest(svc.name, result)
+    g.deployments, g.triggered = result.body["deployments"], result.body["triggered"]
+    return jsonify(result.body), 201
+
+
+def blueprint(path: str) -> Blueprint:
+    """The ingest route at this service's path (a blueprint per app: the two services' paths differ)."""
+    api = Blueprint("api", __name__)
+    api.add_url_rule(path, "ingest", ingest_view, methods=["POST"])
+    return api
