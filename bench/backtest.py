@@ -35,6 +35,7 @@ from bench import history_cost
 from bench.traces import SHAPES, STEP_SECONDS, from_csv, synthetic
 from cost_service import create_app
 from devtools.agent_receiver import AgentReceiver
+from shared.services import COST
 from tests.support import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +74,7 @@ def _payloads(rows):
 
 def _post_all(client, payloads):
     for payload in payloads:
-        response = client.post("/metrics/cost", json=payload, headers={"Authorization": f"Bearer {TOKEN}"})
+        response = client.post(COST.path, json=payload, headers={"Authorization": f"Bearer {TOKEN}"})
         if response.status_code != 201:
             raise RuntimeError(f"the cost service answered {response.status_code}: {response.get_data(as_text=True)}")
 
@@ -82,7 +83,7 @@ def _apps(redis_url, receiver_url, namespaces, deployments):
     base = {
         "REDIS_URL": redis_url,
         "AGENT_WEBHOOK_URL": receiver_url,
-        "COST_ENGINE_TOKEN": TOKEN,
+        COST.token_setting: TOKEN,
         "ALLOWED_NAMESPACES": ",".join(sorted(namespaces)),
         "MAX_DEPLOYMENTS": str(max(deployments, 1)),
         "RECOMMENDATION_HEADROOM": str(HEADROOM),

@@ -7,6 +7,8 @@ Flask, werkzeug and gunicorn themselves.
 
 from flask import Flask, jsonify, request
 
+from shared.services import SERVICES
+
 
 def ingest():
     """Parse the JSON body and accept it without looking at it."""
@@ -23,7 +25,7 @@ def create_app(test_config=None):
     """Build the ceiling app; it takes no settings."""
     app = Flask(__name__)
     app.config.from_mapping(test_config or {})
-    app.add_url_rule("/metrics/cost", "cost", ingest, methods=["POST"])
-    app.add_url_rule("/metrics/forecast", "forecast", ingest, methods=["POST"])
+    for spec in SERVICES:
+        app.add_url_rule(spec.path, spec.name, ingest, methods=["POST"])
     app.add_url_rule("/healthz", "healthz", healthz)
     return app

@@ -19,6 +19,7 @@ from redis.sentinel import Sentinel
 
 from shared.config import DEFAULTS, parse_settings
 from shared.redis_connection import connect_redis
+from shared.services import COST
 from tests.support import RedisSentinelSet
 
 MASTER = "aggregator"
@@ -32,12 +33,12 @@ def one_round():
             {
                 **DEFAULTS,
                 "AGENT_WEBHOOK_URL": "http://127.0.0.1:9/",
-                "COST_ENGINE_TOKEN": "t" * 20,
+                COST.token_setting: "t" * 20,
                 "REDIS_SENTINELS": servers.sentinels_setting,
                 "REDIS_SENTINEL_MASTER": MASTER,
                 "REDIS_TIMEOUT_SECONDS": "1",
             },
-            "COST_ENGINE_TOKEN",
+            COST.token_setting,
         )
         ours = connect_redis(settings)
         stock = Sentinel([("127.0.0.1", port) for port in servers.sentinel_ports], socket_timeout=1).master_for(

@@ -28,7 +28,9 @@ import requests
 
 from bench.redis_proxy import CountingProxy
 from devtools.agent_receiver import AgentReceiver
+from shared import services
 from shared.config import SETTING_NAMES
+from shared.services import ServiceSpec
 from tests.support import GunicornService, RedisClusterServers, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,15 +75,24 @@ QUICK = Mode(rounds=1, small_seconds=1, large_seconds=1, warmup_seconds=0, count
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One of the two ingest endpoints."""
+    """One of the two ingest endpoints, and the token the benchmark's caller presents to it."""
 
-    name: str
-    path: str
+    spec: ServiceSpec
     token: str
 
+    @property
+    def name(self):
+        """The service's short name."""
+        return self.spec.name
 
-COST = Endpoint("cost", "/metrics/cost", COST_TOKEN)
-FORECAST = Endpoint("forecast", "/metrics/forecast", FORECAST_TOKEN)
+    @property
+    def path(self):
+        """The service's ingest path."""
+        return self.spec.path
+
+
+COST = Endpoint(services.COST, COST_TOKEN)
+FORECAST = Endpoint(services.FORECAST, FORECAST_TOKEN)
 
 
 @dataclass
@@ -267,14 +278,13 @@ class Stack:
         env = {
             "REDIS_URL": self.redis_server.url,
             "AGENT_WEBHOOK_URL": self.receiver.url,
-            "COST_ENGINE_TOKEN": COST_TOKEN,
-            "FORECAST_TOKEN": FORECAST_TOKEN,
+            **{e.spec.token_setting: e.token for e in (COST, FORECAST)},
             "COOLDOWN_SECONDS": str(COOLDOWN_SECONDS),
             "ALLOWED_NAMESPACES": ",".join(namespace(e, size) for e in (COST, FORECAST) for size in SIZES),
             # Request logs at INFO would make the benchmark measure writing to a pipe.
             "LOG_LEVEL": "WARNING",
         }
-        apps = {COST.name: "cost_service:create_app()", FORECAST.name: "forecast_service:create_app()"}
+        apps = {e.name: e.spec.app for e in (COST, FORECAST)}
         for name, app in apps.items():
             self.services["redis", name] = self._gunicorn(app, env, WORKERS, f"{name}.log")
             # One worker is enough to count what a request sends, and keeps every request on one connection.

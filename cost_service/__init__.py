@@ -1,17 +1,11 @@
-"""The cost service: the cost engine POSTs /metrics/cost here (port 8000)."""
+"""The cost service: the cost engine POSTs its payloads here (path, port and token: shared.services.COST)."""
 
-from shared.ingest import COST
-from shared.schemas import CostPayloadSchema
+from flask import Flask
+
+from shared.services import COST
 from shared.web import create_service_app
 
 
-def create_app(test_config=None):
+def create_app(test_config=None) -> Flask:
     """Build the cost service app; only COST_ENGINE_TOKEN is accepted."""
-    return create_service_app(
-        __name__,
-        test_config,
-        path="/metrics/cost",
-        token_setting="COST_ENGINE_TOKEN",
-        schema_class=CostPayloadSchema,
-        source=COST,
-    )
+    return create_service_app(COST, test_config)

@@ -15,13 +15,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
 from devtools.redis_command import redis_server_argv
 from shared import gunicorn_settings
+from shared.services import SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
 RECEIVER_PORT = 9000
@@ -29,26 +29,6 @@ STARTUP_TIMEOUT = 30.0
 # Above gunicorn's default graceful_timeout (20 s), so requests in flight can finish.
 STOP_TIMEOUT = 25.0
 POLL_SECONDS = 0.1
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """One of the two gunicorn-served services."""
-
-    name: str
-    app: str
-    port: int
-    token_setting: str
-    path: str
-    seed: str
-
-
-SERVICES = (
-    ServiceSpec("cost", "cost_service:create_app()", 8000, "COST_ENGINE_TOKEN", "/metrics/cost", "cost_seed.json"),
-    ServiceSpec(
-        "forecast", "forecast_service:create_app()", 8002, "FORECAST_TOKEN", "/metrics/forecast", "forecast_seed.json"
-    ),
-)
 
 
 class Stop(Exception):

@@ -1,17 +1,11 @@
-"""The forecast service: the forecaster POSTs /metrics/forecast here (port 8002)."""
+"""The forecast service: the forecaster POSTs its payloads here (path, port and token: shared.services.FORECAST)."""
 
-from shared.ingest import FORECAST
-from shared.schemas import ForecastPayloadSchema
+from flask import Flask
+
+from shared.services import FORECAST
 from shared.web import create_service_app
 
 
-def create_app(test_config=None):
+def create_app(test_config=None) -> Flask:
     """Build the forecast service app; only FORECAST_TOKEN is accepted."""
-    return create_service_app(
-        __name__,
-        test_config,
-        path="/metrics/forecast",
-        token_setting="FORECAST_TOKEN",
-        schema_class=ForecastPayloadSchema,
-        source=FORECAST,
-    )
+    return create_service_app(FORECAST, test_config)

@@ -6,15 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.recommend import DEFAULT_CPU_MEMORY_PRICE_RATIO, price, recommend
-from shared.rules import (
-    Thresholds,
-    cooldown_remaining,
-    cost_gap,
-    evaluate_cost,
-    evaluate_forecast,
-    forecast_gap,
-    has_risk,
-)
+from shared.rules import Thresholds, cooldown_remaining, has_risk
 from shared.state import SavedPayload, StateRepository
 from shared.webhook import AgentWebhook, Delivery, build_trigger, utc_now_iso
 
@@ -43,10 +35,6 @@ class Source:
     save: Callable[[StateRepository, dict], SavedPayload]  # stores a loaded payload
     gap: Callable[[dict, Thresholds], str | None]  # why a stored state cannot be evaluated
     evaluate: Callable[[dict, Thresholds], list[dict]]  # the reasons the rules fire on a stored state
-
-
-COST = Source("cost", StateRepository.save_cost, cost_gap, evaluate_cost)
-FORECAST = Source("forecast", StateRepository.save_forecast, forecast_gap, evaluate_forecast)
 
 
 @dataclass

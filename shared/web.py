@@ -1,32 +1,25 @@
 """The app factory both services share: each concern it wires is a module of its own."""
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from flask import Flask, abort
 
 from shared import api, cli, errors, logs, metrics, probes, request_log, services
 from shared.config import DEFAULTS, ConfigError, parse_settings, read_environment
-from shared.ingest import Source
-from shared.schemas import PayloadSchema
+from shared.services import ServiceSpec
 
 
-def create_service_app(
-    import_name: str,
-    test_config: dict | None,
-    *,
-    path: str,
-    token_setting: str,
-    schema_class: type[PayloadSchema],
-    source: Source,
-) -> Flask:
+def create_service_app(spec: ServiceSpec, test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build a service app: defaults, then the environment, then test_config on top."""
-    app = Flask(import_name)
+    app = Flask(spec.package)
     app.config.from_mapping(DEFAULTS)
     app.config.from_mapping(read_environment())
     app.config.from_mapping(test_config or {})
     cli.init_app(app)
     try:
-        settings = parse_settings(app.config, token_setting)
+        settings = parse_settings(app.config, spec.token_setting)
     except ConfigError as exc:
         if not cli.under_flask_cli():
             raise
@@ -37,13 +30,13 @@ def create_service_app(
         return app
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     logs.configure(logging.getLogger("aggregator"), settings.log_level)
-    service = services.build_service(import_name, path, settings, schema_class, source)
+    service = services.build_service(spec, settings)
     services.init_app(app, service)
     request_log.init_app(app)
     errors.init_app(app)
-    app.register_blueprint(api.blueprint(path))
+    app.register_blueprint(api.blueprint(spec.path))
     probes.init_app(app, service)
     # Under the flask command line the app serves nothing: no zero series for it in a live metrics directory.
     if not cli.under_flask_cli():
-        metrics.start_series(import_name)
+        metrics.start_series(spec.package)
     return app

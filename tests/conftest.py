@@ -9,6 +9,7 @@ import redis
 from cost_service import create_app as create_cost_app
 from devtools.agent_receiver import AgentReceiver
 from forecast_service import create_app as create_forecast_app
+from shared.services import COST, FORECAST
 from tests.support import RedisClusterServers, RedisServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -125,13 +126,13 @@ def forecast_client(forecast_app):
 @pytest.fixture
 def cost_payload():
     """The spec's cost payload (adservice wastes 80 % of its CPU)."""
-    return json.loads((FIXTURES / "cost_seed.json").read_text())
+    return json.loads((FIXTURES / COST.seed).read_text())
 
 
 @pytest.fixture
 def forecast_payload():
     """The spec's forecast payload."""
-    return json.loads((FIXTURES / "forecast_seed.json").read_text())
+    return json.loads((FIXTURES / FORECAST.seed).read_text())
 
 
 def auth(token):

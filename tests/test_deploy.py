@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from shared import services
 from shared.config import DEFAULTS, SETTING_NAMES, ConfigError, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,12 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE, AUTOSCALED = "deploy/k8s", "deploy/k8s/hpa"
 # The oldest Kubernetes minor these manifests promise to work on, and the newest kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.30", "1.37")
-# Deployment name: (port, gunicorn app, the token setting that service reads, its ingest path).
-SERVICES = {
-    "cost-service": (8000, "cost_service:create_app()", "COST_ENGINE_TOKEN", "/metrics/cost"),
-    "forecast-service": (8002, "forecast_service:create_app()", "FORECAST_TOKEN", "/metrics/forecast"),
-}
-SECRET_SETTINGS = ("COST_ENGINE_TOKEN", "FORECAST_TOKEN", "AGENT_WEBHOOK_SECRET")
+# Deployment name: that service's descriptor (port, gunicorn app, token setting, path); the manifests must match it.
+SERVICES = {spec.deployment: spec for spec in services.SERVICES}
+SECRET_SETTINGS = (*(spec.token_setting for spec in services.SERVICES), "AGENT_WEBHOOK_SECRET")
 # Secrets too, but the base manifests' Redis needs none: a platform adds them as mounted files.
 REDIS_SECRET_SETTINGS = ("REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD")
 CONFIG_MAP, SECRET = "aggregator-config", "aggregator-secrets"
@@ -186,7 +184,7 @@ def test_strict_validation_catches_a_misspelt_field(manifests, no_network):
 @pytest.mark.parametrize("name", SERVICES)
 def test_deployment_runs_the_service_on_its_port(manifests, name, tmp_path):
     """The image's gunicorn serves APP_MODULE on PORT, the container port the Service sends to."""
-    port, app_module, *_ = SERVICES[name]
+    port, app_module = SERVICES[name].port, SERVICES[name].app
     deployment = named(manifests[BASE], "Deployment")[name]
     container = container_of(deployment)
     env = env_of(container)
@@ -210,7 +208,7 @@ def test_deployment_runs_the_service_on_its_port(manifests, name, tmp_path):
 @pytest.mark.parametrize("name", SERVICES)
 def test_probes_resources_and_scrape_annotations(manifests, name):
     """Liveness on /healthz, readiness on /readyz, requests and limits, and Prometheus annotations."""
-    port = SERVICES[name][0]
+    port = SERVICES[name].port
     deployment = named(manifests[BASE], "Deployment")[name]
     container = container_of(deployment)
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
@@ -279,7 +277,8 @@ def test_disruption_budget_keeps_a_pod(manifests, name):
 @pytest.mark.parametrize("name", SERVICES)
 def test_the_pods_environment_starts_the_service(manifests, name, monkeypatch, tmp_path):
     """The ConfigMap plus the container's env, with real values in the secret files, make a working app."""
-    _, app_module, token_setting, path = SERVICES[name]
+    spec = SERVICES[name]
+    app_module, token_setting, path = spec.app, spec.token_setting, spec.path
     deployment = named(manifests[BASE], "Deployment")[name]
     env = env_of(container_of(deployment))
     assert set(env) <= set(SETTING_NAMES) | RUNTIME_ENV, set(env) - set(SETTING_NAMES) - RUNTIME_ENV
@@ -314,14 +313,14 @@ def test_config_map_holds_every_setting_and_no_secret(manifests):
     assert not missing, f"add {sorted(missing)} to deploy/k8s/base/configmap.yaml"
     for deployment in named(manifests[BASE], "Deployment").values():
         assert {"configMapRef": {"name": CONFIG_MAP}} in container_of(deployment)["envFrom"]
-    for _, _, token_setting, _ in SERVICES.values():
+    for token_setting in (spec.token_setting for spec in SERVICES.values()):
         parse_settings({**DEFAULTS, **settings, token_setting: "a-real-token-0123456789"}, token_setting)
 
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_secrets_reach_the_service_as_files(manifests, name):
     """Its token and the webhook secret are files named by *_FILE, mounted whole so updates reach them."""
-    token_setting = SERVICES[name][2]
+    token_setting = SERVICES[name].token_setting
     secret_keys = set(named(manifests[BASE], "Secret")[SECRET]["stringData"])
     deployment = named(manifests[BASE], "Deployment")[name]
     container = container_of(deployment)
@@ -360,7 +359,7 @@ def test_every_secret_is_mounted_and_the_placeholders_are_refused(manifests, tmp
         (tmp_path / setting).write_text(placeholder)
     configured = {**DEFAULTS, **settings}
     webhook_file = {"AGENT_WEBHOOK_SECRET_FILE": str(tmp_path / "AGENT_WEBHOOK_SECRET")}
-    for _, _, token_setting, _ in SERVICES.values():
+    for token_setting in (spec.token_setting for spec in SERVICES.values()):
         with pytest.raises(ConfigError, match=token_setting):
             parse_settings({**configured, f"{token_setting}_FILE": str(tmp_path / token_setting)}, token_setting)
         with pytest.raises(ConfigError, match="AGENT_WEBHOOK_SECRET"):
@@ -414,13 +413,13 @@ def test_compose_file_is_valid_against_the_compose_specification(tmp_path):
 
 def test_compose_runs_redis_both_services_and_the_agent():
     """Cost on 8000 and forecast on 8002, each with an in-memory metrics directory."""
-    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
-    assert set(services) == {"redis", "cost", "forecast", "agent"}
-    for name, port, module in (("cost", 8000, "cost_service"), ("forecast", 8002, "forecast_service")):
-        service = services[name]
-        assert service["environment"]["PORT"] == str(port)
-        assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
-        assert service["environment"]["APP_MODULE"] == f"{module}:create_app()"
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    assert set(compose) == {"redis", "cost", "forecast", "agent"}
+    for spec in SERVICES.values():
+        service = compose[spec.name]
+        assert service["environment"]["PORT"] == str(spec.port)
+        assert service["ports"] == [f"127.0.0.1:{spec.port}:{spec.port}"]
+        assert service["environment"]["APP_MODULE"] == spec.app
         assert service["environment"]["PROMETHEUS_MULTIPROC_DIR"] in service["tmpfs"]
 
 
@@ -467,6 +466,6 @@ def test_dockerfile_runs_gunicorn_with_the_config_that_reads_port(tmp_path):
     assert "$APP_MODULE" in command
     assert not {"-b", "--bind"} & set(command)
     env = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', " ".join(args for op, args in instructions if op == "ENV")))
-    assert env["APP_MODULE"].strip('"') == "cost_service:create_app()"
+    assert env["APP_MODULE"].strip('"') == services.COST.app
     bind, _ = gunicorn_settings({"PORT": "8123"}, tmp_path)
     assert bind.endswith(":8123")

@@ -10,12 +10,10 @@ from hypothesis import strategies as st
 
 from cost_service import create_app as create_cost_app
 from shared.schemas import floored
+from shared.services import SERVICES
 from tests.conftest import FIXTURES
 
-SEED = {
-    "/metrics/cost": json.loads((FIXTURES / "cost_seed.json").read_text()),
-    "/metrics/forecast": json.loads((FIXTURES / "forecast_seed.json").read_text()),
-}
+SEED = {spec.path: json.loads((FIXTURES / spec.seed).read_text()) for spec in SERVICES}
 ODD_STRINGS = st.sampled_from(["a:b", "*", "{x}", "", " ", "app\x00", "ädservice", "A" * 64, "a" * 64, "-", "1e400"])
 JSON_SCALARS = (
     st.none()
