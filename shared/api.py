@@ -73,7 +73,7 @@ def ingest_view() -> tuple[Response, int]:
         raise ApiError(422, "Payload failed validation.", details={"fields": exc.messages}) from None
     result = svc.aggregator.ingest(svc.source, payload, g.request_id)
     metrics.record_ingest(svc.name, result)
-    g.deployments, g.triggered = result.body["deployments"], result.body["triggered"]
+    g.ingest = result  # for the request's log line
     return jsonify(result.body), 201
 
 

@@ -4,6 +4,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from shared.recommend import DEFAULT_CPU_MEMORY_PRICE_RATIO, price, recommend
 from shared.rules import Thresholds, cooldown_remaining, has_risk
@@ -37,14 +38,37 @@ class Source:
     evaluate: Callable[[dict, Thresholds], list[dict]]  # the reasons the rules fire on a stored state
 
 
-@dataclass
+@dataclass(frozen=True)
 class IngestResult:
-    """What one ingest did: the 201 body, and the details metrics and logs want."""
+    """What one ingest did: the 201 body, and what the metrics and the request log read."""
 
-    body: dict
-    firing: dict  # deployment -> reasons, for every deployment whose rules fired
-    cooldown: list  # deployments held back by a running window
+    deployments: int  # in the payload
+    triggered: list[str]  # sent to the agent: windows claimed, then escalations
+    cooldown: list[str]  # fired, but held back by a running window
+    stale: list[str]  # older than what is stored: not written
+    not_evaluated: list[dict[str, str]]  # stored, but the rules could not run, and why
+    firing: dict[str, list[dict[str, Any]]]  # deployment -> reasons, for every deployment whose rules fired
     delivery: Delivery | None = None  # when a trigger was sent
+
+    @property
+    def delivery_status(self) -> str:
+        """The 201 body's "delivery": none sent, ok or failed."""
+        if self.delivery is None:
+            return "none"
+        return "ok" if self.delivery.ok else "failed"
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The 201 body."""
+        return {
+            "status": "accepted",
+            "deployments": self.deployments,
+            "triggered": self.triggered,
+            "cooldown": self.cooldown,
+            "stale": self.stale,
+            "not_evaluated": self.not_evaluated,
+            "delivery": self.delivery_status,
+        }
 
 
 @dataclass
@@ -57,13 +81,31 @@ class Aggregator:
     headroom: float
     cpu_memory_price_ratio: float = DEFAULT_CPU_MEMORY_PRICE_RATIO
 
-    def ingest(self, source, payload, request_id, now=None):
+    def ingest(self, source: Source, payload: dict, request_id: str, now: float | None = None) -> IngestResult:
         """Store a loaded payload, trigger the agent for deployments that are due; return an IngestResult."""
         now = time.time() if now is None else now
         namespace = payload["namespace"]
-        cooldown = self.repository.cooldown_seconds
         saved = source.save(self.repository, payload)
+        firing, not_evaluated = self._evaluate(source, saved)
+        claimed, escalated = self._claim(namespace, firing, saved, now)
+        sent = claimed + escalated
+        outcome = None
+        if sent:
+            message, outcome = self._deliver(source, namespace, saved, firing, claimed, escalated, request_id, now)
+            self._settle(namespace, claimed, escalated, now, message, outcome, request_id)
+        sent_names = set(sent)
+        return IngestResult(
+            deployments=len(payload["deployments"]),
+            triggered=sent,
+            cooldown=[name for name in firing if name not in sent_names],
+            stale=saved.stale,
+            not_evaluated=not_evaluated,
+            firing=firing,
+            delivery=outcome,
+        )
 
+    def _evaluate(self, source: Source, saved: SavedPayload) -> tuple[dict[str, list[dict]], list[dict[str, str]]]:
+        """The reasons each stored deployment fires ({name: reasons}, only those that fire), and those not evaluable."""
         firing, not_evaluated = {}, []
         for name, state in saved.states.items():
             gap = source.gap(state, self.thresholds)
@@ -73,55 +115,72 @@ class Aggregator:
             reasons = source.evaluate(state, self.thresholds)
             if reasons:
                 firing[name] = reasons
+        return firing, not_evaluated
 
+    def _claim(
+        self, namespace: str, firing: dict[str, list[dict]], saved: SavedPayload, now: float
+    ) -> tuple[list[str], list[str]]:
+        """Claim the cooldown windows of the firing deployments that are due; return (claimed, escalated)."""
         # The hash's last_trigger shows a delivered window without asking Redis; inside it only a risk
         # rule may still get through, as an escalation. The rest (no window seen, or a risk) go to
         # the claim script, which also sees windows whose trigger is still in flight.
+        cooldown = self.repository.cooldown_seconds
         risky = {name for name, reasons in firing.items() if has_risk(reasons)}
         due = [name for name in firing if name in risky or not cooldown_remaining(saved.states[name], now, cooldown)]
-        claimed, escalated = self.repository.claim(namespace, due, risky, now) if due else ([], [])
+        return self.repository.claim(namespace, due, risky, now) if due else ([], [])
 
+    def _deliver(
+        self,
+        source: Source,
+        namespace: str,
+        saved: SavedPayload,
+        firing: dict[str, list[dict]],
+        claimed: list[str],
+        escalated: list[str],
+        request_id: str,
+        now: float,
+    ) -> tuple[dict, Delivery]:
+        """Build the trigger for what was claimed and send it; return (message, outcome).
+
+        Whatever stops us before an outcome gives the claims back first.
+        """
         sent, escalated_names = claimed + escalated, set(escalated)
-        delivery, outcome = "none", None
-        if sent:
-            try:
-                # Read here, for the few deployments triggered, so the storing script stays lean.
-                histories = self.repository.histories(namespace, sent)
-                message = build_trigger(
-                    source.name,
-                    namespace,
-                    saved.cluster,
-                    [
-                        self._item(namespace, name, firing[name], saved, histories[name], name in escalated_names)
-                        for name in sent
-                    ],
-                )
-                outcome = self.webhook.deliver(message, request_id)
-            except BaseException:
-                # Whatever stops us before an outcome (Redis refusing the history read, a bug, the
-                # worker being told to exit) must not leave windows claimed with nothing sent: give
-                # them back, so a resend triggers.
-                self._release_after_failure(namespace, claimed, escalated, now, request_id)
-                raise
-            if outcome.ok:
-                self.repository.settle_delivered(namespace, claimed, now)
-                delivery = "ok"
-            else:
-                record = failed_record(message, outcome, request_id)
-                self.repository.settle_failed(namespace, claimed, escalated, now, record)
-                delivery = "failed"
-        sent_names = set(sent)
-        held = [name for name in firing if name not in sent_names]
-        body = {
-            "status": "accepted",
-            "deployments": len(payload["deployments"]),
-            "triggered": sent,
-            "cooldown": held,
-            "stale": saved.stale,
-            "not_evaluated": not_evaluated,
-            "delivery": delivery,
-        }
-        return IngestResult(body, firing, held, outcome)
+        try:
+            # Read here, for the few deployments triggered, so the storing script stays lean.
+            histories = self.repository.histories(namespace, sent)
+            message = build_trigger(
+                source.name,
+                namespace,
+                saved.cluster,
+                [
+                    self._item(namespace, name, firing[name], saved, histories[name], name in escalated_names)
+                    for name in sent
+                ],
+            )
+            return message, self.webhook.deliver(message, request_id)
+        except BaseException:
+            # Whatever stops us before an outcome (Redis refusing the history read, a bug, the
+            # worker being told to exit) must not leave windows claimed with nothing sent: give
+            # them back, so a resend triggers.
+            self._release_after_failure(namespace, claimed, escalated, now, request_id)
+            raise
+
+    def _settle(
+        self,
+        namespace: str,
+        claimed: list[str],
+        escalated: list[str],
+        now: float,
+        message: dict,
+        outcome: Delivery,
+        request_id: str,
+    ) -> None:
+        """Note a delivered window's last trigger; or give a failed delivery's claims back and keep its record."""
+        if outcome.ok:
+            self.repository.settle_delivered(namespace, claimed, now)
+        else:
+            record = failed_record(message, outcome, request_id)
+            self.repository.settle_failed(namespace, claimed, escalated, now, record)
 
     def _release_after_failure(self, namespace, claimed, escalated, now, request_id):
         """Give back the claims of a request that is failing; the original error is the one to report."""

@@ -74,7 +74,7 @@ def child(metric, *labels):
 
 def record_ingest(service, result):
     """Count what one accepted ingest did (its IngestResult)."""
-    child(DEPLOYMENTS_INGESTED, service).inc(result.body["deployments"])
+    child(DEPLOYMENTS_INGESTED, service).inc(result.deployments)
     # One increment per rule, not per firing: a payload of thousands fires a handful of rules.
     fired = Tally(reason["rule"] for reasons in result.firing.values() for reason in reasons)
     for rule, count in fired.items():
@@ -83,7 +83,7 @@ def record_ingest(service, result):
         child(TRIGGERS, service, "cooldown").inc(len(result.cooldown))
     if result.delivery is not None:
         outcome = "delivered" if result.delivery.ok else "failed"
-        child(TRIGGERS, service, outcome).inc(len(result.body["triggered"]))
+        child(TRIGGERS, service, outcome).inc(len(result.triggered))
         child(WEBHOOK_DURATION, service).observe(result.delivery.seconds)
 
 

@@ -35,6 +35,7 @@ def finish_request(response: Response) -> Response:
         metrics.record_request(svc.name, response.status_code, seconds)
     if not log.isEnabledFor(logging.INFO):
         return response  # the record below costs more than a small ingest's rules
+    result = g.get("ingest")  # the IngestResult of an accepted ingest
     log.info(
         "request",
         extra={
@@ -43,8 +44,8 @@ def finish_request(response: Response) -> Response:
             "path": request.path,
             "status": response.status_code,
             "duration_ms": round(seconds * 1000, 2),
-            "deployments": g.get("deployments"),
-            "triggered": g.get("triggered"),
+            "deployments": result.deployments if result else None,
+            "triggered": result.triggered if result else None,
         },
     )
     return response
