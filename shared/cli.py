@@ -8,9 +8,10 @@ webhook's. Every error is one line and a non-zero exit.
 import contextlib
 import json
 import logging
+from collections.abc import Iterator
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import ScriptInfo, with_appcontext
 from redis.exceptions import RedisError
 
@@ -21,14 +22,14 @@ from shared.state import FAILED_KEEP, StateRepository
 from shared.webhook import AgentWebhook
 
 
-def under_flask_cli():
+def under_flask_cli() -> bool:
     """True while the `flask` command line is loading or running the app (not under gunicorn)."""
     context = click.get_current_context(silent=True)
     return context is not None and context.find_object(ScriptInfo) is not None
 
 
 @contextlib.contextmanager
-def one_line_errors():
+def one_line_errors() -> Iterator[None]:
     """Turn a bad setting or an unreachable Redis into click's one-line `Error: ...` and exit 1."""
     try:
         yield
@@ -64,7 +65,7 @@ namespace_option = click.option(
 @namespace_option
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, FAILED_KEEP), help="Newest to show.")
 @with_appcontext
-def failed_triggers_command(namespaces, limit):
+def failed_triggers_command(namespaces: tuple[str, ...], limit: int) -> None:
     """Print the newest failed agent deliveries, one JSON record per line."""
     with one_line_errors():
         settings, repository = _store()
@@ -80,7 +81,7 @@ def failed_triggers_command(namespaces, limit):
     "--limit", default=20, show_default=True, type=click.IntRange(1, FAILED_KEEP), help="Newest to send again."
 )
 @with_appcontext
-def redeliver_command(namespaces, webhook_id, limit):
+def redeliver_command(namespaces: tuple[str, ...], webhook_id: str | None, limit: int) -> None:
     """Send failed agent deliveries again, newest first; what is delivered leaves the list.
 
     A deployment whose cooldown window has been claimed since the failure is not sent again.
@@ -148,7 +149,7 @@ def _describe(namespace, result):
     return "; ".join(parts)
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     """Add the operator's commands to an app."""
     app.cli.add_command(failed_triggers_command)
     app.cli.add_command(redeliver_command)

@@ -4,7 +4,9 @@ import base64
 import binascii
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from shared.rules import Thresholds
@@ -195,7 +197,7 @@ def _positive_float(raw):
 
 
 def _whole(low, high):
-    def parse(raw):
+    def parse(raw: str) -> int:
         if not raw.strip().isdigit() or not low <= int(raw) <= high:
             raise ValueError(raw)
         return int(raw)
@@ -204,7 +206,7 @@ def _whole(low, high):
 
 
 def _existing(kind):
-    def check(raw):
+    def check(raw: str) -> str:
         if not (os.path.isfile(raw) if kind == "file" else os.path.isdir(raw)):
             raise ValueError(raw)
         return raw
@@ -213,7 +215,7 @@ def _existing(kind):
 
 
 def _choice(*choices):
-    def check(raw):
+    def check(raw: str) -> str:
         if raw not in choices:
             raise ValueError(raw)
         return raw
@@ -366,13 +368,13 @@ def _thresholds(config):
         raise ConfigError(str(exc)) from None
 
 
-def read_environment(environ=None):
+def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Return the settings variables present in the environment."""
     environ = os.environ if environ is None else environ
     return {name: environ[name] for name in SETTING_NAMES if name in environ}
 
 
-def parse_store_settings(config):
+def parse_store_settings(config: Mapping[str, Any]) -> StoreSettings:
     """Validate the state store's settings into StoreSettings; raise ConfigError naming the culprit."""
     redis_url = _redis_url(config)
     sentinels, sentinel_master = _sentinels(config)
@@ -399,7 +401,7 @@ def parse_store_settings(config):
     )
 
 
-def parse_webhook_settings(config):
+def parse_webhook_settings(config: Mapping[str, Any]) -> WebhookSettings:
     """Validate the agent webhook's settings into WebhookSettings; raise ConfigError naming the culprit."""
     return WebhookSettings(
         webhook_url=_webhook_url(config),
@@ -412,7 +414,7 @@ def parse_webhook_settings(config):
     )
 
 
-def parse_settings(config, token_setting):
+def parse_settings(config: Mapping[str, Any], token_setting: str) -> Settings:
     """Validate a mapping of raw settings into Settings; raise ConfigError naming the culprit."""
     store = parse_store_settings(config)
     log_level = str(config["LOG_LEVEL"]).upper()

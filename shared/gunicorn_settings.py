@@ -8,6 +8,7 @@ and a bad value stops everything with the same one line gunicorn.conf.py prints.
 
 import os
 import sys
+from collections.abc import Mapping
 
 # name: (default, lowest, highest)
 WHOLE_NUMBERS = {
@@ -20,7 +21,7 @@ WHOLE_NUMBERS = {
 }
 
 
-def whole_number(name, environ=None):
+def whole_number(name: str, environ: Mapping[str, str] | None = None) -> int:
     """The integer value of a gunicorn setting; a bad value exits with one line naming the variable."""
     environ = os.environ if environ is None else environ
     default, low, high = WHOLE_NUMBERS[name]
@@ -31,7 +32,7 @@ def whole_number(name, environ=None):
     return int(raw)
 
 
-def check(environ=None):
+def check(environ: Mapping[str, str] | None = None) -> None:
     """Exit with one line if any of the settings is bad."""
     for name in WHOLE_NUMBERS:
         whole_number(name, environ)

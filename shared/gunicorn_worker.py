@@ -11,6 +11,7 @@ import errno
 import json
 import socket
 from http import HTTPStatus
+from typing import Any
 
 from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import ThreadWorker as GunicornThreadWorker
@@ -47,21 +48,21 @@ class _TimedSocket(socket.socket):
     __slots__ = ()
     read_timeout = DEFAULT_CLIENT_READ_TIMEOUT
 
-    def setblocking(self, flag):
+    def setblocking(self, flag: bool) -> None:
         """Blocking means blocking for at most read_timeout; non-blocking stays as it is."""
         if flag:
             self.settimeout(self.read_timeout)
         else:
             super().setblocking(False)
 
-    def recv(self, *args):
+    def recv(self, *args: Any) -> bytes:
         """socket.recv, raising ClientReadTimeout when the client stalls."""
         try:
             return super().recv(*args)
         except TimeoutError:
             raise ClientReadTimeout(errno.ECONNRESET, "client read timeout") from None
 
-    def recv_into(self, *args):
+    def recv_into(self, *args: Any) -> int:
         """socket.recv_into, raising ClientReadTimeout when the client stalls."""
         try:
             return super().recv_into(*args)
@@ -69,7 +70,7 @@ class _TimedSocket(socket.socket):
             raise ClientReadTimeout(errno.ECONNRESET, "client read timeout") from None
 
 
-def client_error_status(exc):
+def client_error_status(exc: BaseException) -> int | None:
     """The status for a request gunicorn refused as malformed, or None when it is not the client's fault."""
     if isinstance(exc, NOT_CLIENT_ERRORS):
         return None
@@ -79,7 +80,7 @@ def client_error_status(exc):
     return None
 
 
-def error_response(status, message):
+def error_response(status: int, message: str) -> bytes:
     """A complete HTTP/1.1 response carrying the JSON error shape; the connection closes after it."""
     request_id = new_request_id()
     body = json.dumps(error_body(ApiError(status, message), request_id), separators=(",", ":")).encode()
@@ -98,7 +99,7 @@ class ThreadWorker(GunicornThreadWorker):
 
     client_read_timeout = DEFAULT_CLIENT_READ_TIMEOUT
 
-    def enqueue_req(self, conn):
+    def enqueue_req(self, conn: Any) -> None:
         """Give the connection's socket the read timeout before a thread reads from it."""
         if type(conn.sock) is socket.socket:
             # gthread switches the socket to blocking in several places; the subclass makes each of
@@ -113,7 +114,7 @@ class ThreadWorker(GunicornThreadWorker):
             )
         return self._timed_socket
 
-    def handle_error(self, req, client, addr, exc):
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """Answer a request gunicorn refused with our JSON error shape; leave other errors to gunicorn."""
         status = client_error_status(exc)
         if status is None:

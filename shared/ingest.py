@@ -14,7 +14,7 @@ from shared.webhook import AgentWebhook, Delivery, build_trigger, utc_now_iso
 log = logging.getLogger("aggregator")
 
 
-def failed_record(message, delivery, request_id):
+def failed_record(message: dict[str, Any], delivery: Delivery, request_id: str | None) -> dict[str, Any]:
     """What triggers:{namespace}:failed keeps of a failed delivery: enough to send it again as it was."""
     record = {
         "message": message,

@@ -10,7 +10,7 @@ FORMAT = "%(levelname)s %(name)s %(message)s"
 RENAMED = {"levelname": "level", "name": "logger"}
 
 
-def json_formatter():
+def json_formatter() -> JsonFormatter:
     """The formatter every log line goes through: time, level, logger, message and any extras."""
     return JsonFormatter(FORMAT, rename_fields=RENAMED, timestamp="time")
 
@@ -18,14 +18,14 @@ def json_formatter():
 class ServiceField(logging.Filter):
     """Stamp each record with the service whose app is handling it."""
 
-    def filter(self, record):
+    def filter(self, record: logging.LogRecord) -> bool:
         """Add `service` when an app is active; never drop a record."""
         if has_app_context() and not hasattr(record, "service"):
             record.service = current_app.extensions["aggregator"].name
         return True
 
 
-def configure(logger, level):
+def configure(logger: logging.Logger, level: str | int) -> None:
     """Send `logger`'s records to stdout as JSON lines, once per process."""
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stdout)

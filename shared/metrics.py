@@ -7,6 +7,7 @@ this module is imported, and /metrics adds up what every worker wrote there.
 
 import os
 from collections import Counter as Tally
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +18,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics import MetricWrapperBase
+
+if TYPE_CHECKING:
+    from shared.ingest import IngestResult
 
 # Ingest of thousands of deployments takes tens of milliseconds; the agent call up to the budget.
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -44,7 +49,7 @@ TRIGGER_OUTCOMES = ("delivered", "failed", "cooldown")
 WATCHED_STATUSES = ("201", "500", "503")
 
 
-def start_series(service):
+def start_series(service: str) -> None:
     """Create, at zero, every series the alerts and the dashboard read, so their first increment shows.
 
     A labelled series exists only once touched; born at 1, increase() sees no change and the
@@ -60,10 +65,11 @@ def start_series(service):
     DEPLOYMENTS_INGESTED.labels(service)
 
 
-_children: dict = {}
+_children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+M = TypeVar("M", bound=MetricWrapperBase)
 
 
-def child(metric, *labels):
+def child(metric: M, *labels: str) -> M:
     """metric.labels(*labels), looked up once: labels() costs microseconds, and thousands add up."""
     key = (metric, labels)
     found = _children.get(key)
@@ -72,7 +78,7 @@ def child(metric, *labels):
     return found
 
 
-def record_ingest(service, result):
+def record_ingest(service: str, result: "IngestResult") -> None:
     """Count what one accepted ingest did (its IngestResult)."""
     child(DEPLOYMENTS_INGESTED, service).inc(result.deployments)
     # One increment per rule, not per firing: a payload of thousands fires a handful of rules.
@@ -87,13 +93,13 @@ def record_ingest(service, result):
         child(WEBHOOK_DURATION, service).observe(result.delivery.seconds)
 
 
-def record_request(service, status, seconds):
+def record_request(service: str, status: int, seconds: float) -> None:
     """Count one answered ingest request and its duration."""
     child(INGEST_REQUESTS, service, str(status)).inc()
     child(REQUEST_DURATION, service).observe(seconds)
 
 
-def exposition():
+def exposition() -> tuple[bytes, str]:
     """The metrics page: every worker's numbers in multiprocess mode, this process's otherwise."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

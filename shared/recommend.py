@@ -9,7 +9,9 @@ memory as OpenCost does when only a node's price is known: a core-hour costs as 
 """
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from shared.history import History
 
@@ -49,7 +51,14 @@ def _fresh_forecast(state, max_skew_seconds):
     return state.get("pred_cpu_peak", 0), state.get("pred_mem_peak", 0)
 
 
-def recommend(namespace, name, state, headroom, history=None, max_skew_seconds=3600):
+def recommend(
+    namespace: str,
+    name: str,
+    state: Mapping[str, Any],
+    headroom: float,
+    history: History | None = None,
+    max_skew_seconds: float = 3600,
+) -> dict[str, Any]:
     """The recommended CPU and memory requests for one deployment, with a kubectl command to apply them."""
     history = history or History()
     if history.enough:
@@ -104,7 +113,12 @@ def _costs(current, recommended):
     }
 
 
-def price(cluster, state, recommendation, cpu_memory_price_ratio=DEFAULT_CPU_MEMORY_PRICE_RATIO):
+def price(
+    cluster: Mapping[str, Any],
+    state: Mapping[str, Any],
+    recommendation: Mapping[str, Any],
+    cpu_memory_price_ratio: float = DEFAULT_CPU_MEMORY_PRICE_RATIO,
+) -> dict[str, Any] | None:
     """What the deployment's requests cost now and after the recommendation, or None if unknown."""
     hourly = cluster.get("hourly_cost_gbp")
     cores = cluster.get("req_cpu_total") or 0

@@ -4,9 +4,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from shared.ingest import failed_record
-from shared.webhook import Delivery
+from shared.state import StateRepository
+from shared.webhook import AgentWebhook, Delivery
 
 
 @dataclass
@@ -19,12 +21,18 @@ class Redelivery:
     delivery: Delivery | None = None  # when something was sent
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         """True unless a delivery was attempted and failed."""
         return self.delivery is None or self.delivery.ok
 
 
-def redeliver(repository, webhook, namespace, record, now=None):
+def redeliver(
+    repository: StateRepository,
+    webhook: AgentWebhook,
+    namespace: str,
+    record: dict[str, Any],
+    now: float | None = None,
+) -> Redelivery:
     """Send a record of triggers:{namespace}:failed again; return a Redelivery.
 
     Every deployment is claimed first, exactly as ingest claims it, so a deployment whose cooldown

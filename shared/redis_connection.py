@@ -5,6 +5,7 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 
 from redis import Redis, RedisCluster
 from redis import exceptions as redis_errors
@@ -19,6 +20,8 @@ from redis.sentinel import (
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
 )
+
+from shared.config import Settings, StoreSettings
 
 log = logging.getLogger("aggregator")
 
@@ -46,7 +49,7 @@ UNAVAILABLE_PREFIXES = (
 REDIS_UNAVAILABLE = tuple(error for error, _ in UNAVAILABLE_CODES)
 
 
-def unavailable_code(exc):
+def unavailable_code(exc: BaseException) -> str | None:
     """The error code for a Redis error that means "retry later", or None when it is a bug of ours."""
     for error, code in UNAVAILABLE_CODES:
         if isinstance(exc, error):
@@ -104,7 +107,7 @@ def _client_options(settings):
     return options
 
 
-def connect_redis(settings):
+def connect_redis(settings: Settings | StoreSettings) -> "Redis | LazyCluster":
     """A Redis (or Redis Cluster, or Sentinel-managed) client whose calls fail within the timeout instead of hanging."""
     if settings.redis_sentinels:
         return connect_sentinel(settings)
@@ -113,11 +116,11 @@ def connect_redis(settings):
     return Redis.from_url(settings.redis_url, **_client_options(settings))
 
 
-def connect_cluster(settings):
+def connect_cluster(settings: Settings | StoreSettings) -> "LazyCluster":
     """A Redis Cluster client that starts even when no seed node answers (see LazyCluster)."""
     seeds = [ClusterNode(host, port) for host, port in settings.redis_cluster_nodes]
 
-    def build():
+    def build() -> RedisCluster:
         return RedisCluster.from_url(settings.redis_url, startup_nodes=list(seeds), **_client_options(settings))
 
     cluster = LazyCluster(build)
@@ -138,13 +141,13 @@ class LazyCluster:
         self._client = None
         self._lock = threading.Lock()
 
-    def try_connect(self):
+    def try_connect(self) -> "LazyCluster":
         """Build the client now if a seed answers; stay lazy otherwise."""
         with contextlib.suppress(redis_errors.ConnectionError):
             self.client()
         return self
 
-    def client(self):
+    def client(self) -> RedisCluster:
         """The RedisCluster client, built now if it was not yet."""
         if self._client is None:
             with self._lock:
@@ -162,7 +165,7 @@ class LazyCluster:
 # ---- Sentinel mode -------------------------------------------------------------------------
 
 
-def connect_sentinel(settings):
+def connect_sentinel(settings: Settings | StoreSettings) -> Redis:
     """A client of the primary the Sentinels name, which moves to a new primary as soon as one is announced.
 
     REDIS_URL gives the data nodes' scheme (rediss:// = TLS), user, password, database and
@@ -208,7 +211,7 @@ class NewestEpochSentinel(Sentinel):
     yet would send new connections back to the demoted primary.
     """
 
-    def discover_master(self, service_name):
+    def discover_master(self, service_name: str) -> tuple[str, int]:
         """The (host, port) of the primary in the newest configuration any reachable Sentinel holds."""
         best, errors = None, []
         for sentinel in self.sentinels:
@@ -230,7 +233,7 @@ class NewestEpochSentinel(Sentinel):
 class PrimaryCheckedConnection(SentinelManagedConnection):
     """A connection that refuses a server which is not (or no longer) a primary."""
 
-    def connect_to(self, address):
+    def connect_to(self, address: tuple[str, int]) -> None:
         """Connect, then check with ROLE that the server takes writes."""
         super().connect_to(address)
         self.send_command("ROLE")
@@ -269,20 +272,20 @@ class FollowingPrimaryPool(SentinelConnectionPool):
         self._held_until = 0.0
         self._follow_lock = threading.Lock()
 
-    def get_connection(self, *args, **kwargs):
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         """A connection to the current primary; a ConnectionError while a failover is under way."""
         self._ensure_watching()
         if time.monotonic() < self._held_until:
             raise redis_errors.ConnectionError(f"failover of {self.service_name!r} under way; no primary to write to")
         return super().get_connection(*args, **kwargs)
 
-    def hold(self):
+    def hold(self) -> None:
         """Refuse connections until the failover ends, and close the idle ones to the old primary."""
         self._held_until = time.monotonic() + FAILOVER_HOLD_SECONDS
         self.disconnect(inuse_connections=False)
         log.warning("redis sentinel: failover of %s started; refusing writes until it ends", self.service_name)
 
-    def follow(self):
+    def follow(self) -> None:
         """Ask the Sentinels for the primary; on a change, drop every connection to the old one."""
         with self._follow_lock:
             old = self.proxy.master_address

@@ -6,7 +6,9 @@ sitting on a threshold never fires.
 """
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 CPU_WASTE = "cpu_waste"
 CPU_UTILISATION = "cpu_utilisation"
@@ -69,12 +71,12 @@ def _cpu_request(state):
     return req_cpu
 
 
-def cost_gap(state, thresholds):
+def cost_gap(state: Mapping[str, Any], thresholds: Thresholds) -> str | None:
     """Why the cost rules cannot be evaluated on this state, or None when they can."""
     return ZERO_REQUEST if _cpu_request(state) is None else None
 
 
-def forecast_gap(state, thresholds):
+def forecast_gap(state: Mapping[str, Any], thresholds: Thresholds) -> str | None:
     """Why the forecast rules cannot be evaluated on this merged state, or None when they can."""
     if state.get("req_cpu") is None or state.get("usage_cpu_curr") is None:
         return NO_COST_STATE
@@ -87,7 +89,7 @@ def forecast_gap(state, thresholds):
     return None
 
 
-def evaluate_cost(state, thresholds):
+def evaluate_cost(state: Mapping[str, Any], thresholds: Thresholds) -> list[dict[str, Any]]:
     """Reasons the cost rules fire for one deployment's state (empty when none do)."""
     req_cpu = _cpu_request(state)
     if req_cpu is None:
@@ -101,13 +103,18 @@ def evaluate_cost(state, thresholds):
     if utilisation > thresholds.cpu_utilisation:
         reasons.append(_reason(CPU_UTILISATION, utilisation, thresholds.cpu_utilisation))
     req_mem, usage_mem = state.get("req_mem"), state.get("usage_mem_curr")
-    memory_known = thresholds.memory_rules and req_mem and usage_mem is not None
-    if memory_known and usage_mem / req_mem > thresholds.memory_utilisation:
+    # Only with memory rules on and both figures known (a zero request has no ratio).
+    if (
+        thresholds.memory_rules
+        and req_mem
+        and usage_mem is not None
+        and usage_mem / req_mem > thresholds.memory_utilisation
+    ):
         reasons.append(_reason(MEMORY_UTILISATION, usage_mem / req_mem, thresholds.memory_utilisation))
     return reasons
 
 
-def evaluate_forecast(state, thresholds):
+def evaluate_forecast(state: Mapping[str, Any], thresholds: Thresholds) -> list[dict[str, Any]]:
     """Reasons the forecast rules fire on the merged cost and forecast state of one deployment."""
     req_cpu = _cpu_request(state)
     peak = state.get("pred_cpu_peak")
@@ -128,18 +135,23 @@ def evaluate_forecast(state, thresholds):
             )
         )
     req_mem, mem_peak = state.get("req_mem"), state.get("pred_mem_peak")
-    memory_known = thresholds.memory_rules and req_mem and mem_peak is not None
-    if memory_known and mem_peak > thresholds.predicted_memory_spike_ratio * req_mem:
+    # Only with memory rules on and both figures known (a zero request has no ratio).
+    if (
+        thresholds.memory_rules
+        and req_mem
+        and mem_peak is not None
+        and mem_peak > thresholds.predicted_memory_spike_ratio * req_mem
+    ):
         reasons.append(_reason(PREDICTED_MEMORY_SPIKE, mem_peak / req_mem, thresholds.predicted_memory_spike_ratio))
     return reasons
 
 
-def has_risk(reasons):
+def has_risk(reasons: Iterable[Mapping[str, Any]]) -> bool:
     """True when any reason is a risk (not waste) rule."""
     return any(reason["rule"] in RISK_RULES for reason in reasons)
 
 
-def cooldown_remaining(state, now, cooldown_seconds):
+def cooldown_remaining(state: Mapping[str, Any], now: float, cooldown_seconds: float) -> float:
     """Seconds left in the window opened by the state's last delivered trigger (0 when none runs)."""
     last = state.get("last_trigger")
     return 0 if last is None else max(0.0, last + cooldown_seconds - now)

@@ -10,6 +10,7 @@ import math
 import re
 import time
 from datetime import datetime
+from typing import Any, cast
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
@@ -34,7 +35,7 @@ QUANTITY_FLOORS = {"cpu_cores": 0.001, "memory_mb": 1 / (1024 * 1024)}
 MAX_FUTURE_SECONDS = 3600
 
 
-def number_error(value, maximum, minimum=0):
+def number_error(value: object, maximum: float, minimum: float = 0) -> str | None:
     """The message for a JSON value that is not a finite number in range, or None when it is."""
     # bool is an int in Python, but `true` is not a number in JSON.
     if type(value) is not int and type(value) is not float:
@@ -48,7 +49,7 @@ def number_error(value, maximum, minimum=0):
     return None
 
 
-def floored(key, value):
+def floored(key: str, value: float) -> float:
     """A quantity as stored: zero when it is below its key's floor (QUANTITY_FLOORS)."""
     return 0 if value < QUANTITY_FLOORS[key] else value
 
@@ -114,7 +115,9 @@ class DeploymentList(fields.Field):
             raise ValidationError("Must contain at least one deployment.")
         if len(value) > self.max_items:
             raise ValidationError(f"Must contain at most {self.max_items} deployments.")
-        loaded, errors, seen = [], {}, set()
+        loaded: list[dict[str, Any]] = []
+        errors: dict[int, Any] = {}
+        seen: set[str] = set()
         for index, entry in enumerate(value):
             row, entry_errors = self._load_entry(entry, seen)
             if entry_errors:
@@ -140,7 +143,7 @@ class DeploymentList(fields.Field):
         name = entry.get("name")
         if type(name) is not str or name in seen or not DNS_LABEL.match(name):
             return None
-        row = {"name": name}
+        row: dict[str, Any] = {"name": name}
         for group, (cpu_field, mem_field) in self.groups.items():
             values = entry.get(group)
             if type(values) is not dict or len(values) != len(QUANTITY_LIMITS):
@@ -156,7 +159,7 @@ class DeploymentList(fields.Field):
         """marshmallow-style errors for an entry the fast check refused."""
         if not isinstance(entry, dict):
             return None, {"_schema": ["Invalid input type."]}
-        errors = {key: [UNKNOWN] for key in entry if key not in self.allowed_keys}
+        errors: dict[str, Any] = {key: [UNKNOWN] for key in entry if key not in self.allowed_keys}
         name = entry.get("name")
         if name is None:
             errors["name"] = [REQUIRED]
@@ -166,7 +169,7 @@ class DeploymentList(fields.Field):
             errors["name"] = ["Duplicate deployment name in this payload."]
         else:
             seen.add(name)
-        row = {"name": name}
+        row: dict[str, Any] = {"name": name}
         for group, (cpu_field, mem_field) in self.groups.items():
             values = entry.get(group)
             if values is None:
@@ -211,7 +214,7 @@ class PayloadSchema(Schema):
 
     def __init__(self, *, allowed_namespaces=frozenset({"default"}), max_deployments=5000, **kwargs):
         super().__init__(**kwargs)
-        self.fields["deployments"].max_items = max_deployments
+        cast(DeploymentList, self.fields["deployments"]).max_items = max_deployments
         namespace = self.fields["namespace"]
         # A new list: the field's validators list is shared with the class and other instances.
         namespace.validators = [

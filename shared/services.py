@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from flask import current_app
+from flask import Flask, current_app
 
 from shared.config import Settings
 from shared.ingest import Aggregator, Source
@@ -97,7 +97,7 @@ def build_service(spec: ServiceSpec, settings: Settings) -> Service:
     )
 
 
-def init_app(app, service: Service) -> None:
+def init_app(app: Flask, service: Service) -> None:
     """Attach a Service to an app: its requests find it with service()."""
     app.extensions["aggregator"] = service
 

@@ -15,15 +15,19 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from standardwebhooks import Webhook
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from shared.config import Settings, WebhookSettings
 
 TRIGGER_TYPE = "deployments.thresholds_crossed"
 BACKOFF_BASE_SECONDS = 0.2
@@ -35,12 +39,14 @@ WATCHDOG_GRACE_SECONDS = 0.1
 log = logging.getLogger("aggregator.webhook")
 
 
-def utc_now_iso():
+def utc_now_iso() -> str:
     """The current time as ISO-8601 UTC with a Z suffix."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def build_trigger(source, namespace, cluster, items):
+def build_trigger(
+    source: str, namespace: str, cluster: Mapping[str, Any], items: list[dict[str, Any]]
+) -> dict[str, Any]:
     """The webhook body: `items` are the trigger entries, each given its own id here."""
     return {
         "type": TRIGGER_TYPE,
@@ -86,7 +92,7 @@ class _WatchedHTTPConnection(HTTPConnection):
 
     response_class = _StatusNotingResponse
 
-    def request(self, *args, **kwargs):
+    def request(self, *args: Any, **kwargs: Any) -> Any:
         """urllib3's request, after telling the calling thread's watchdog which connection it uses."""
         connections = getattr(_in_use, "connections", None)
         if connections is not None:
@@ -109,13 +115,13 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
 class DeadlineAdapter(HTTPAdapter):
     """requests' adapter whose connections a delivery's watchdog can cut at its deadline."""
 
-    def init_poolmanager(self, *args, **kwargs):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         """The usual pool manager, building watched connections."""
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
-def deadline_session():
+def deadline_session() -> requests.Session:
     """A requests Session whose http(s) connections can be cut by a delivery's watchdog."""
     session = requests.Session()
     adapter = DeadlineAdapter()
@@ -153,7 +159,7 @@ class _Watchdog:
                     sock.shutdown(socket.SHUT_RDWR)
 
 
-def retry_after_seconds(response):
+def retry_after_seconds(response: requests.Response) -> float | None:
     """The Retry-After header in seconds (delta or HTTP date), or None when absent or unreadable."""
     value = response.headers.get("Retry-After")
     if not value:
@@ -177,7 +183,7 @@ class AgentWebhook:
         self.sleep = sleep
 
     @classmethod
-    def from_settings(cls, settings):
+    def from_settings(cls, settings: Settings | WebhookSettings) -> "AgentWebhook":
         """The webhook described by Settings or WebhookSettings."""
         return cls(
             settings.webhook_url,
@@ -187,7 +193,7 @@ class AgentWebhook:
             secret=settings.webhook_secret,
         )
 
-    def deliver(self, message, request_id, webhook_id=None):
+    def deliver(self, message: dict[str, Any], request_id: str, webhook_id: str | None = None) -> Delivery:
         """Send one trigger message, retrying within the budget; return a Delivery whatever happens.
 
         A redelivery passes the `webhook_id` of the first delivery, so the agent can drop a duplicate.
