@@ -68,37 +68,6 @@ class ConfigError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything one service needs, parsed and checked."""
-
-    redis_url: str
-    redis_cluster: bool
-    redis_cluster_nodes: tuple[tuple[str, int], ...]
-    redis_timeout: float
-    # The data nodes' password from REDIS_PASSWORD(_FILE), overriding REDIS_URL's; None when unset.
-    redis_password: str | None
-    # Sentinel mode: (host, port) pairs and the monitored primary's name; () and None otherwise.
-    redis_sentinels: tuple[tuple[str, int], ...]
-    redis_sentinel_master: str | None
-    redis_sentinel_password: str | None
-    webhook_url: str
-    webhook_connect_timeout: float
-    webhook_read_timeout: float
-    webhook_budget: float
-    webhook_secret: str | None
-    tokens: tuple[str, ...]
-    cooldown_seconds: int
-    thresholds: Thresholds
-    recommendation_headroom: float
-    history_half_life_hours: float
-    cpu_memory_price_ratio: float
-    allowed_namespaces: frozenset[str]
-    max_deployments: int
-    max_body_bytes: int
-    log_level: str
-
-
-@dataclass(frozen=True)
 class StoreSettings:
     """What reaching the state store takes: all the failed-triggers command needs."""
 
@@ -125,6 +94,20 @@ class WebhookSettings:
     webhook_read_timeout: float
     webhook_budget: float
     webhook_secret: str | None
+
+
+@dataclass(frozen=True)
+class Settings(StoreSettings, WebhookSettings):
+    """Everything one service needs, parsed and checked: the store's and the webhook's settings, and the rest."""
+
+    tokens: tuple[str, ...]
+    thresholds: Thresholds
+    recommendation_headroom: float
+    history_half_life_hours: float
+    cpu_memory_price_ratio: float
+    max_deployments: int
+    max_body_bytes: int
+    log_level: str
 
 
 def _number(config, name, low, high, kind=float):
@@ -422,28 +405,15 @@ def parse_settings(config: Mapping[str, Any], token_setting: str) -> Settings:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
     webhook = parse_webhook_settings(config)
     return Settings(
-        redis_url=store.redis_url,
-        redis_cluster=store.redis_cluster,
-        redis_cluster_nodes=store.redis_cluster_nodes,
-        redis_timeout=store.redis_timeout,
-        redis_password=store.redis_password,
-        redis_sentinels=store.redis_sentinels,
-        redis_sentinel_master=store.redis_sentinel_master,
-        redis_sentinel_password=store.redis_sentinel_password,
-        webhook_url=webhook.webhook_url,
-        webhook_connect_timeout=webhook.webhook_connect_timeout,
-        webhook_read_timeout=webhook.webhook_read_timeout,
-        webhook_budget=webhook.webhook_budget,
-        webhook_secret=webhook.webhook_secret,
+        **vars(store),
+        **vars(webhook),
         tokens=_tokens(config, token_setting),
-        cooldown_seconds=store.cooldown_seconds,
         thresholds=_thresholds(config),
         recommendation_headroom=_number(config, "RECOMMENDATION_HEADROOM", 0, 10),
         # Under an hour, 5-minute samples would barely count before the next; past 30 days the
         # 8-day history never shows the decay.
         history_half_life_hours=_number(config, "HISTORY_HALF_LIFE_HOURS", 1, 720),
         cpu_memory_price_ratio=_number(config, "CPU_MEMORY_PRICE_RATIO", 0.01, 10_000),
-        allowed_namespaces=store.allowed_namespaces,
         max_deployments=_number(config, "MAX_DEPLOYMENTS", 1, 100_000, int),
         max_body_bytes=_number(config, "MAX_BODY_BYTES", 1024, 256 * 1024 * 1024, int),
         log_level=log_level,
