@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import redis
 from redis.crc import key_slot
@@ -266,71 +268,67 @@ def test_a_claim_refused_on_one_node_leaves_no_claim_held_anywhere(repo, redis_c
     assert repo.claim(NS, names, set(), now=1001) == (names, [])
 
 
-def _reset(client, url):
-    """Close a client whose slot map went stale, and empty the cluster through a fresh one."""
-    for node in client.get_nodes():
-        node.redis_connection.connection_pool.disconnect()
-    client.close()
-    fresh = redis.RedisCluster.from_url(url)
-    fresh.flushall()
-    for node in fresh.get_nodes():
-        node.redis_connection.connection_pool.disconnect()
-    fresh.close()
+@contextlib.contextmanager
+def slot_moved_behind_the_clients_back(url, key, warm_up):
+    """A cluster client and repository whose slot map is stale for `key`: once `warm_up(repo)` has
+    made it read the map, `key`'s (empty) slot moves to another primary. Yields (client, repo,
+    the new owner); afterwards the slot goes back, `key` and its companions are deleted, and the
+    stale client is closed."""
+    client = redis.RedisCluster.from_url(url)
+    client.flushall()
+    repo = StateRepository(client, cooldown_seconds=1800)
+    warm_up(repo)
+    slot = key_slot(key.encode())
+    source = client.nodes_manager.get_node_from_slot(slot)
+    target = next(node for node in client.get_primaries() if node.name != source.name)
+    node_ids = {node.name: client.get_redis_connection(node).cluster("myid") for node in client.get_primaries()}
+
+    def assign(node):
+        for primary in client.get_primaries():
+            client.get_redis_connection(primary).execute_command(
+                "CLUSTER", "SETSLOT", slot, "NODE", node_ids[node.name]
+            )
+
+    assign(target)  # the slot is empty, so it can move without MIGRATE; the map still names `source`
+    try:
+        yield client, repo, target
+    finally:
+        # A slot holding keys cannot be assigned back: empty it on its new owner first.
+        owner = client.get_redis_connection(target)
+        for found in owner.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            owner.delete(found)
+        assign(source)
+        for node in client.get_nodes():
+            node.redis_connection.connection_pool.disconnect()
+        client.close()
+        fresh = redis.RedisCluster.from_url(url)
+        fresh.flushall()
+        for node in fresh.get_nodes():
+            node.redis_connection.connection_pool.disconnect()
+        fresh.close()
 
 
 @pytest.mark.cluster
 def test_a_slot_moved_since_the_map_was_read_is_followed_key_by_key(redis_cluster):
-    client = redis.RedisCluster.from_url(redis_cluster.url)
-    client.flushall()
-    repo = StateRepository(client, cooldown_seconds=1800)
-    repo.save_cost(cost(100, ("a", 1.0, 0.1)))  # the client has read the slot map by now
-    slot = key_slot(b"app:default:moved")
-    source = client.nodes_manager.get_node_from_slot(slot)
-    target = next(node for node in client.get_primaries() if node.name != source.name)
-    node_ids = {node.name: client.get_redis_connection(node).cluster("myid") for node in client.get_primaries()}
+    def warm_up(repo):
+        repo.save_cost(cost(100, ("a", 1.0, 0.1)))
 
-    def assign(node):
-        for primary in client.get_primaries():
-            client.get_redis_connection(primary).execute_command(
-                "CLUSTER", "SETSLOT", slot, "NODE", node_ids[node.name]
-            )
-
-    assign(target)  # the slot is empty, so it can move without MIGRATE; our map still names `source`
-    try:
+    with slot_moved_behind_the_clients_back(redis_cluster.url, "app:default:moved", warm_up) as (client, repo, target):
         saved = repo.save_cost(cost(200, *[(f"app-{i}", 1.0, 0.1) for i in range(30)], ("moved", 2.0, 0.5)))
         assert saved.states["moved"]["req_cpu"] == 2.0 and saved.stale == []
         assert client.get_redis_connection(target).hget("app:default:moved", "req_cpu") == b"2.0"
+        slot = key_slot(b"app:default:moved")
         assert client.nodes_manager.get_node_from_slot(slot).name == target.name  # the map was read again
-    finally:
-        client.delete("app:default:moved", StateRepository.history_key("default", "moved"))
-        assign(source)
-        _reset(client, redis_cluster.url)
 
 
 @pytest.mark.cluster
 def test_a_claim_meeting_a_moved_slot_still_wins_every_window(redis_cluster):
-    client = redis.RedisCluster.from_url(redis_cluster.url)
-    client.flushall()
-    repo = StateRepository(client, cooldown_seconds=1800)
-    repo.claim(NS, ["warm"], set(), now=1)  # the client has read the slot map by now
     names = [f"app-{i}" for i in range(60)]
-    moved = names[-1]
-    slot = key_slot(f"trigger:default:{moved}".encode())
-    source = client.nodes_manager.get_node_from_slot(slot)
-    target = next(node for node in client.get_primaries() if node.name != source.name)
-    node_ids = {node.name: client.get_redis_connection(node).cluster("myid") for node in client.get_primaries()}
 
-    def assign(node):
-        for primary in client.get_primaries():
-            client.get_redis_connection(primary).execute_command(
-                "CLUSTER", "SETSLOT", slot, "NODE", node_ids[node.name]
-            )
+    def warm_up(repo):
+        repo.claim(NS, ["warm"], set(), now=1)
 
-    assign(target)
-    try:
+    with slot_moved_behind_the_clients_back(redis_cluster.url, f"trigger:default:{names[-1]}", warm_up) as moved:
+        _, repo, _ = moved
         # Claims of the moved slot's node come after others in its group: none may be lost.
         assert repo.claim(NS, names, set(), now=1000) == (names, [])
-    finally:
-        client.delete(f"trigger:default:{moved}")
-        assign(source)
-        _reset(client, redis_cluster.url)
