@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from redis import RedisCluster
+from redis import Redis, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
@@ -263,7 +263,7 @@ class ClusterRunner:
         for index in indexes:
             results[index] = exc
 
-    def refresh(self, reason=None):
+    def refresh(self, reason: BaseException | None = None) -> None:
         """Read the slot map again (at most once per REFRESH_INTERVAL_SECONDS), so a failover heals itself."""
         with self._refresh_lock:
             if time.monotonic() - self._refreshed_at < REFRESH_INTERVAL_SECONDS:
@@ -274,14 +274,14 @@ class ClusterRunner:
             self._client().nodes_manager.initialize()
 
 
-def raise_first(results):
+def raise_first(results: Sequence) -> None:
     """Raise the first exception among run()'s results, if any."""
     for result in results:
         if isinstance(result, Exception):
             raise result
 
 
-def runner_for(redis):
+def runner_for(redis: Redis | RedisCluster | LazyCluster) -> SingleRunner | ClusterRunner:
     """The runner suited to a client: per node for a Redis Cluster, one call otherwise."""
     if isinstance(redis, RedisCluster | LazyCluster):
         return ClusterRunner(redis)

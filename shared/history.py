@@ -17,6 +17,7 @@ that day).
 """
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 FIRST_BUCKET_CORES = 0.01
@@ -120,14 +121,14 @@ end
 """
 
 
-def bucket_index(cpu):
+def bucket_index(cpu: float) -> int:
     """The CPU bucket a value (cores) falls into."""
     if cpu < FIRST_BUCKET_CORES:
         return 0
     return math.floor(math.log(cpu * BUCKET_GROWTH / FIRST_BUCKET_CORES + 1) / math.log(1 + BUCKET_GROWTH))
 
 
-def bucket_start(index):
+def bucket_start(index: int) -> float:
     """The lowest CPU value (cores) that falls into bucket `index`."""
     return FIRST_BUCKET_CORES * ((1 + BUCKET_GROWTH) ** index - 1) / BUCKET_GROWTH
 
@@ -145,38 +146,38 @@ class History:
     samples: int = 0
     first_sample: float | None = None
     last_sample: float | None = None
-    cpu_buckets: dict = field(default_factory=dict)  # bucket index -> weight
-    memory_peaks: tuple = ()  # (UTC day number, peak MiB), oldest first, within the last 8 days
+    cpu_buckets: dict[int, float] = field(default_factory=dict)  # bucket index -> weight
+    memory_peaks: tuple[tuple[int, float], ...] = ()  # (UTC day number, peak MiB), oldest first, last 8 days
 
     @property
-    def span_hours(self):
+    def span_hours(self) -> float:
         """Hours from the first to the last sample counted."""
         if self.first_sample is None or self.last_sample is None:
             return 0.0
         return (self.last_sample - self.first_sample) / 3600
 
     @property
-    def confidence(self):
+    def confidence(self) -> float:
         """How far the history is from a full week of 5-minute samples, in [0, 1] (see the README)."""
         covered = min(self.span_hours, self.samples * NOMINAL_SAMPLE_SECONDS / 3600)
         return min(1.0, covered / FULL_CONFIDENCE_HOURS)
 
     @property
-    def enough(self):
+    def enough(self) -> bool:
         """True when the history spans at least MIN_HISTORY_HOURS and has CPU and memory data."""
         return self.span_hours >= MIN_HISTORY_HOURS and bool(self.cpu_buckets) and bool(self.memory_peaks)
 
-    def cpu_percentile(self, fraction):
+    def cpu_percentile(self, fraction: float) -> float:
         """The CPU value (cores) under which `fraction` of the decayed sample weight lies: a bucket's end."""
         total = sum(self.cpu_buckets.values())
-        running = 0
+        running = 0.0
         for index in sorted(self.cpu_buckets):
             running += self.cpu_buckets[index]
             if running >= fraction * total:
                 return bucket_start(index + 1)
         return 0.0
 
-    def memory_percentile(self, fraction):
+    def memory_percentile(self, fraction: float) -> float:
         """The `fraction` percentile of the daily peaks (MiB), interpolated between order statistics."""
         peaks = sorted(peak for _, peak in self.memory_peaks)
         if not peaks:
@@ -186,12 +187,12 @@ class History:
         high = min(low + 1, len(peaks) - 1)
         return peaks[low] + (peaks[high] - peaks[low]) * (position - low)
 
-    def memory_peak(self):
+    def memory_peak(self) -> float:
         """The highest daily peak kept (MiB)."""
         return max((peak for _, peak in self.memory_peaks), default=0.0)
 
 
-def decode_history(flat):
+def decode_history(flat: Mapping[bytes | str, bytes | str]) -> History:
     """A History from the history hash as HGETALL returns it (a dict of bytes, or of str)."""
     raw = {(k.decode() if isinstance(k, bytes) else k): v for k, v in flat.items()}
     if "last_sample" not in raw:

@@ -36,10 +36,11 @@ call per node on a cluster (shared/batch.py), whatever the number of deployments
 """
 
 import json
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from shared.batch import PROLOGUE, Script, Unit, raise_first, runner_for
-from shared.history import MEMORY_WINDOWS, RECORD_USAGE_LUA, WINDOW_SECONDS, bucket_index, decode_history
+from shared.history import MEMORY_WINDOWS, RECORD_USAGE_LUA, WINDOW_SECONDS, History, bucket_index, decode_history
 
 CLUSTER_ITEMS = ("cost", "vm_count", "req_cpu_total", "req_mem_total")
 DEFAULT_HALF_LIFE_SECONDS = 24 * 3600
@@ -212,12 +213,12 @@ return out
 READY = Script("#!lua\nreturn 1\n")
 
 
-def encode(value):
+def encode(value: float) -> str:
     """A number as Redis stores it: ints stay ints, floats keep their shortest exact form."""
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
-def decode(raw):
+def decode(raw: bytes) -> float:
     """A stored number (bytes) back into an int or float; stored numbers are never negative."""
     return int(raw) if raw.isdigit() else float(raw)
 
@@ -226,9 +227,9 @@ def decode(raw):
 class SavedPayload:
     """What a payload left in Redis: the state of each deployment written, and those skipped."""
 
-    states: dict = field(default_factory=dict)
-    stale: list = field(default_factory=list)
-    cluster: dict = field(default_factory=dict)
+    states: dict[str, dict] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)
+    cluster: dict[str, float | None] = field(default_factory=dict)
 
 
 class StateRepository:
@@ -243,50 +244,50 @@ class StateRepository:
 
     # Key names live here and nowhere else.
     @staticmethod
-    def app_key(namespace, name):
+    def app_key(namespace: str, name: str) -> str:
         """The hash holding one deployment's merged state."""
         return f"app:{namespace}:{name}"
 
     @classmethod
-    def history_key(cls, namespace, name):
+    def history_key(cls, namespace: str, name: str) -> str:
         """The usage history of one deployment, hash-tagged into the slot of its app key."""
         return f"{{{cls.app_key(namespace, name)}}}:history"
 
     @staticmethod
-    def trigger_key(namespace, name):
+    def trigger_key(namespace: str, name: str) -> str:
         """The cooldown key of one deployment."""
         return f"trigger:{namespace}:{name}"
 
     @classmethod
-    def escalation_key(cls, namespace, name):
+    def escalation_key(cls, namespace: str, name: str) -> str:
         """The key marking that a risk rule was claimed in the deployment's window; in its slot."""
         return f"{{{cls.trigger_key(namespace, name)}}}:escalation"
 
     @staticmethod
-    def failed_key(namespace):
+    def failed_key(namespace: str) -> str:
         """The capped list of deliveries that failed for good."""
         return f"triggers:{namespace}:failed"
 
     @staticmethod
-    def cluster_key(namespace, item):
+    def cluster_key(namespace: str, item: str) -> str:
         """One of the cluster-wide keys: cost, vm_count or req_cpu_total."""
         return f"cluster:{namespace}:{item}"
 
     @classmethod
-    def cluster_timestamp_key(cls, namespace, item):
+    def cluster_timestamp_key(cls, namespace: str, item: str) -> str:
         """The key holding the payload time of a cluster key, hash-tagged into that key's slot."""
         return f"{{{cls.cluster_key(namespace, item)}}}:timestamp"
 
-    def ping(self):
+    def ping(self) -> None:
         """Raise a redis error unless Redis answers."""
         self.redis.ping()
 
-    def check_ready(self):
+    def check_ready(self) -> None:
         """Raise the Redis error an ingest would meet now: down, read-only, out of memory, no permission,
         a cluster missing slots (the write probe runs on every primary)."""
         self.runner.probe(READY)
 
-    def save_cost(self, payload):
+    def save_cost(self, payload: dict) -> "SavedPayload":
         """Store a loaded cost payload, cluster totals included; one script call (per node)."""
         namespace = payload["namespace"]
         totals = {
@@ -303,10 +304,9 @@ class StateRepository:
             )
             for item in CLUSTER_ITEMS
         ]
-        history = self.history_half_life_seconds is not None
-        return self._save(payload, "cost_timestamp", COST_FIELDS, "set", items, history=history)
+        return self._save(payload, "cost_timestamp", COST_FIELDS, "set", items, history=True)
 
-    def save_forecast(self, payload):
+    def save_forecast(self, payload: dict) -> "SavedPayload":
         """Store a loaded forecast payload and read the cluster totals; one script call (per node)."""
         namespace = payload["namespace"]
         items = [Unit((self.cluster_key(namespace, item),), (), ITEM) for item in CLUSTER_ITEMS]
@@ -317,11 +317,12 @@ class StateRepository:
         deployments = payload["deployments"]
         read_back = READ_BACK[ts_field]
         app_key = self.app_key
-        if history:
+        half_life = self.history_half_life_seconds if history else None
+        if half_life is not None:
             # The worker, not Redis's one thread, works out each sample's bucket and day.
             history_key = self.history_key
             day = int(payload["timestamp"] // WINDOW_SECONDS)
-            usage = (str(day % MEMORY_WINDOWS), str(day), encode(self.history_half_life_seconds))
+            usage = (str(day % MEMORY_WINDOWS), str(day), encode(half_life))
             rows = [
                 Unit(
                     (app_key(namespace, row["name"]), history_key(namespace, row["name"])),
@@ -338,7 +339,7 @@ class StateRepository:
                 Unit((app_key(namespace, row["name"]),), tuple([encode(row[name]) for name in value_fields]))
                 for row in deployments
             ]
-        keys_per_row = 2 if history else 1
+        keys_per_row = 1 if half_life is None else 2
 
         def header(units):
             count = sum(unit.kind == ROW for unit in units)
@@ -365,7 +366,7 @@ class StateRepository:
         saved.cluster = _cluster(replies[len(rows) :])
         return saved
 
-    def histories(self, namespace, names):
+    def histories(self, namespace: str, names: Sequence[str]) -> dict[str, History]:
         """The decoded usage history of each of `names` ({name: History}); one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
@@ -373,7 +374,9 @@ class StateRepository:
         replies = pipe.execute() if names else []
         return {name: decode_history(flat) for name, flat in zip(names, replies)}
 
-    def claim(self, namespace, names, risky, now):
+    def claim(
+        self, namespace: str, names: Sequence[str], risky: Collection[str], now: float
+    ) -> tuple[list[str], list[str]]:
         """For each of `names`, claim its cooldown window, or else escalate its running window when
         it is in `risky` (a risk rule fired); atomically per deployment, so that of any number of
         concurrent requests one wins each window and one each escalation. Returns (claimed, escalated).
@@ -403,15 +406,22 @@ class StateRepository:
         escalated = [name for name, reply in zip(names, replies) if reply == ESCALATED]
         return claimed, escalated
 
-    def release(self, namespace, claimed, escalated, now, record=None):
+    def release(
+        self,
+        namespace: str,
+        claimed: Sequence[str],
+        escalated: Sequence[str],
+        now: float,
+        record: dict | None = None,
+    ) -> None:
         """Give back the claims made at `now` (those still ours), so that a resend can claim them
         again; with `record`, also keep it in the failed list for people to read."""
         value = str(int(now))
-        escalated = set(escalated)
+        escalations = set(escalated)
         units = [
             Unit(
                 (self.trigger_key(namespace, name), self.escalation_key(namespace, name)),
-                (RELEASE_ESCALATION if name in escalated else RELEASE_BOTH,),
+                (RELEASE_ESCALATION if name in escalations else RELEASE_BOTH,),
             )
             for name in [*claimed, *escalated]
         ]
@@ -425,21 +435,23 @@ class StateRepository:
 
         raise_first(self.runner.run(RELEASE, units, header))
 
-    def settle_delivered(self, namespace, claimed, now):
+    def settle_delivered(self, namespace: str, claimed: Sequence[str], now: float) -> None:
         """After a delivery: note `last_trigger` for the windows claimed at `now`."""
         value = str(int(now))
         units = [Unit((self.app_key(namespace, name),)) for name in claimed]
         raise_first(self.runner.run(SETTLE, units, lambda _: [value]))
 
-    def settle_failed(self, namespace, claimed, escalated, now, record):
+    def settle_failed(
+        self, namespace: str, claimed: Sequence[str], escalated: Sequence[str], now: float, record: dict
+    ) -> None:
         """After a failed delivery: give back the claims made at `now` and keep `record` for people to read."""
         self.release(namespace, claimed, escalated, now, record)
 
-    def failed_triggers(self, namespace, limit=FAILED_KEEP):
+    def failed_triggers(self, namespace: str, limit: int = FAILED_KEEP) -> list[dict]:
         """The records of failed deliveries, newest first."""
         return [json.loads(raw) for raw in self.redis.lrange(self.failed_key(namespace), 0, limit - 1)]
 
-    def running_windows(self, namespace, names):
+    def running_windows(self, namespace: str, names: Sequence[str]) -> dict[str, tuple[int, float]]:
         """{name: (claimed at, seconds left)} for the deployments of `names` whose cooldown window is claimed."""
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
@@ -452,7 +464,7 @@ class StateRepository:
                 windows[name] = (int(claimed_at), left_ms / 1000)
         return windows
 
-    def remove_failed(self, namespace, record):
+    def remove_failed(self, namespace: str, record: dict) -> bool:
         """Drop one record, as failed_triggers returned it, from the failed list; True when it was there."""
         return bool(self.redis.lrem(self.failed_key(namespace), 1, _record_json(record)))
 
