@@ -432,29 +432,20 @@ class PrometheusServer:
             self.output.close()
 
 
-class SocketAgent:
-    """A socket-level stand-in for a misbehaving agent webhook.
+class LoopbackServer:
+    """A TCP server on a free loopback port that serves each connection in a thread of its own;
+    subclasses say how in `_serve(conn)`."""
 
-    It reads each request whole (headers and Content-Length body, kept in `requests`), then answers
-    as `mode` says: "drip" (a 200 status line and headers, then the body one byte every `interval`
-    seconds), "drip_headers" (a 200 status line, then a header one byte at a time), "drip_status"
-    (the status line itself one byte at a time), "hang" (never answers), or "redirect" (`status`
-    with a Location of `location`).
-    """
-
-    def __init__(self, mode, status=302, location="http://127.0.0.1:9/elsewhere", interval=1.0, drip_bytes=20):
-        self.mode, self.status, self.location = mode, status, location
-        self.interval, self.drip_bytes = interval, drip_bytes
-        self.requests = []
+    def __init__(self):
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
         self._threads = []
 
     @property
-    def url(self):
-        """Where to POST triggers."""
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/triggers"
+    def port(self):
+        """The port it listens on."""
+        return self._listener.getsockname()[1]
 
     def start(self):
         """Accept connections in a background thread; return self."""
@@ -464,7 +455,7 @@ class SocketAgent:
         return self
 
     def stop(self):
-        """Stop accepting and drop every connection."""
+        """Stop accepting, and wait a little for the connections being served."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
@@ -481,6 +472,31 @@ class SocketAgent:
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _serve(self, conn):
+        raise NotImplementedError
+
+
+class SocketAgent(LoopbackServer):
+    """A socket-level stand-in for a misbehaving agent webhook.
+
+    It reads each request whole (headers and Content-Length body, kept in `requests`), then answers
+    as `mode` says: "drip" (a 200 status line and headers, then the body one byte every `interval`
+    seconds), "drip_headers" (a 200 status line, then a header one byte at a time), "drip_status"
+    (the status line itself one byte at a time), "hang" (never answers), or "redirect" (`status`
+    with a Location of `location`).
+    """
+
+    def __init__(self, mode, status=302, location="http://127.0.0.1:9/elsewhere", interval=1.0, drip_bytes=20):
+        self.mode, self.status, self.location = mode, status, location
+        self.interval, self.drip_bytes = interval, drip_bytes
+        self.requests = []
+        super().__init__()
+
+    @property
+    def url(self):
+        """Where to POST triggers."""
+        return f"http://127.0.0.1:{self.port}/triggers"
 
     def _serve(self, conn):
         with conn:
@@ -520,41 +536,19 @@ class SocketAgent:
                 self._stop.wait()
 
 
-class RefusingRedis:
+class RefusingRedis(LoopbackServer):
     """A socket-level stand-in for a Redis that answers every command with the same error reply,
     e.g. "LOADING ..." (a real server only says it for the moments it loads its data)."""
 
     def __init__(self, error):
         self.error = error
         self.commands = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
+        super().__init__()
 
     @property
     def url(self):
         """The URL a client connects with."""
-        return f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
-
-    def start(self):
-        """Serve in a background thread; return self."""
-        self._thread.start()
-        return self
-
-    def stop(self):
-        """Stop serving."""
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._listener.close()
-
-    def _accept(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        return f"redis://127.0.0.1:{self.port}/0"
 
     def _serve(self, conn):
         reader = conn.makefile("rb")
