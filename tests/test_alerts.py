@@ -10,6 +10,7 @@ import requests
 import yaml
 
 from devtools.prometheus_rule import ALERTS, PROMETHEUS_RULE, prometheus_rule
+from shared.services import COST
 from tests.conftest import COST_TOKEN
 from tests.support import ROOT, GunicornService, PrometheusServer, wait_until
 from tests.test_dashboard import queries as dashboard_queries
@@ -101,7 +102,7 @@ def cost_under_gunicorn(redis_server, redis_client, receiver, tmp_path):
         "COST_ENGINE_TOKEN": COST_TOKEN,
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
-    service = GunicornService("cost_service:create_app()", env, workers=2).start(tmp_path / "cost.log")
+    service = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     yield service
     service.stop()
 

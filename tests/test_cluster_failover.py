@@ -11,6 +11,7 @@ import requests
 from redis.crc import key_slot
 
 from cost_service import create_app as create_cost_app
+from shared.services import COST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
 from tests.support import GunicornService, RedisClusterServers, wait_until
 from tests.test_redis_restart import BASE, payload
@@ -43,7 +44,7 @@ def test_ingest_recovers_by_itself_after_a_primary_is_killed_under_load(replicat
         "FORECAST_TOKEN": FORECAST_TOKEN,
         "LOG_LEVEL": "WARNING",
     }
-    cost = GunicornService("cost_service:create_app()", env, workers=2).start(tmp_path / "cost.log")
+    cost = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     # The victim serves some of the deployments' keys, so every payload needs it.
     victim = primaries[1]
     victim_slots = {

@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from shared.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
 from tests.support import GunicornService
 
@@ -29,8 +30,8 @@ def services(store, receiver, tmp_path):
         "LOG_LEVEL": "WARNING",
         "AGENT_WEBHOOK_BUDGET_SECONDS": "1",
     }
-    cost = GunicornService("cost_service:create_app()", env, workers=2).start(tmp_path / "cost.log")
-    forecast = GunicornService("forecast_service:create_app()", env, workers=2).start(tmp_path / "forecast.log")
+    cost = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
+    forecast = GunicornService(FORECAST.app, env, workers=2).start(tmp_path / "forecast.log")
     yield cost, forecast
     cost.stop()
     forecast.stop()

@@ -6,6 +6,7 @@ import pytest
 from cost_service import create_app as create_cost_app
 from forecast_service import create_app as create_forecast_app
 from shared.config import ConfigError
+from shared.services import COST
 from tests.support import ROOT
 
 
@@ -39,7 +40,7 @@ def test_each_service_serves_only_its_own_path(cost_client, forecast_client):
 def test_gunicorn_refuses_to_start_with_one_line(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "PORT": "0", "AGENT_WEBHOOK_URL": "http://127.0.0.1:9/"}
     done = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cost_service:create_app()"],
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", COST.app],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -64,7 +65,7 @@ def test_gunicorn_refuses_a_bad_redis_url_with_one_line(url, line):
     env = {"PATH": "/usr/bin:/bin", "PORT": "0", "AGENT_WEBHOOK_URL": "http://127.0.0.1:9/", "REDIS_URL": url}
     env["COST_ENGINE_TOKEN"] = "t" * 20
     done = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cost_service:create_app()"],
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", COST.app],
         cwd=ROOT,
         env=env,
         capture_output=True,

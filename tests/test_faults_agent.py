@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from cost_service import create_app as create_cost_app
+from shared.services import COST
 from tests.conftest import COST_TOKEN
 from tests.support import GunicornService, SocketAgent
 
@@ -120,10 +121,8 @@ def test_a_dripping_agent_cannot_hold_a_gunicorn_worker(redis_server, redis_clie
     }
     headers = {"Authorization": f"Bearer {COST_TOKEN}"}
     services = [
-        GunicornService("cost_service:create_app()", env, workers=1).start(tmp_path / "drip.log"),
-        GunicornService("cost_service:create_app()", {**env, "AGENT_WEBHOOK_URL": hanging.url}, workers=1).start(
-            tmp_path / "hang.log"
-        ),
+        GunicornService(COST.app, env, workers=1).start(tmp_path / "drip.log"),
+        GunicornService(COST.app, {**env, "AGENT_WEBHOOK_URL": hanging.url}, workers=1).start(tmp_path / "hang.log"),
     ]
     try:
         outcomes = []

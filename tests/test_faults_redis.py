@@ -8,6 +8,7 @@ import redis
 import requests
 
 from cost_service import create_app as create_cost_app
+from shared.services import COST
 from shared.state import StateRepository
 from tests.conftest import COST_TOKEN
 from tests.support import GunicornService, RedisClusterServers, RedisServer, RefusingRedis, wait_until
@@ -167,7 +168,7 @@ def test_redis_running_out_of_memory_loses_no_trigger(tmp_path, receiver):
         "COST_ENGINE_TOKEN": COST_TOKEN,
         "LOG_LEVEL": "CRITICAL",
     }
-    service = GunicornService("cost_service:create_app()", env, workers=2).start(tmp_path / "cost.log")
+    service = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     store = server.client()
     headers = {"Authorization": f"Bearer {COST_TOKEN}"}
     try:

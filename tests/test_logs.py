@@ -5,6 +5,7 @@ import json
 import pytest
 import requests
 
+from shared.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
 from tests.support import GunicornService, free_port
 
@@ -27,11 +28,11 @@ def test_no_token_appears_in_any_log(redis_server, redis_client, receiver, tmp_p
         "AGENT_WEBHOOK_BUDGET_SECONDS": "1",
         "AGENT_WEBHOOK_SECRET": SECRET,
     }
-    cost = GunicornService("cost_service:create_app()", env).start(tmp_path / "cost.log")
-    forecast = GunicornService("forecast_service:create_app()", env).start(tmp_path / "forecast.log")
-    broken = GunicornService(
-        "cost_service:create_app()", {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    ).start(tmp_path / "broken.log")
+    cost = GunicornService(COST.app, env).start(tmp_path / "cost.log")
+    forecast = GunicornService(FORECAST.app, env).start(tmp_path / "forecast.log")
+    broken = GunicornService(COST.app, {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}).start(
+        tmp_path / "broken.log"
+    )
     try:
         for token in (COST_TOKEN, ROTATED, FORECAST_TOKEN, "not-a-real-token-but-secret"):
             headers = {"Authorization": f"Bearer {token}"}

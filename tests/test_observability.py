@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from shared.services import COST
 from tests.conftest import COST_TOKEN
 from tests.support import GunicornService, free_port
 
@@ -31,7 +32,7 @@ def cost(redis_server, redis_client, receiver, tmp_path):
         "COST_ENGINE_TOKEN": COST_TOKEN,
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
-    service = GunicornService("cost_service:create_app()", env, workers=2).start(tmp_path / "cost.log")
+    service = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     yield service
     service.stop()
 
@@ -90,7 +91,7 @@ def test_redis_errors_are_counted(redis_server, receiver, tmp_path, cost_payload
         "COST_ENGINE_TOKEN": COST_TOKEN,
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
-    service = GunicornService("cost_service:create_app()", env, workers=2).start(tmp_path / "cost.log")
+    service = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     try:
         headers = {"Authorization": f"Bearer {COST_TOKEN}"}
         for _ in range(5):

@@ -7,6 +7,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from cost_service import create_app as create_cost_app
+from shared.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
 from tests.support import GunicornService
 
@@ -42,9 +43,7 @@ def test_document_follows_the_settings(base_config):
 
 @pytest.mark.gunicorn
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("app_uri", "token"), [("cost_service:create_app()", COST_TOKEN), ("forecast_service:create_app()", FORECAST_TOKEN)]
-)
+@pytest.mark.parametrize(("app_uri", "token"), [(COST.app, COST_TOKEN), (FORECAST.app, FORECAST_TOKEN)])
 def test_schemathesis_finds_no_server_error_and_no_undocumented_response(
     redis_server, redis_client, receiver, tmp_path, app_uri, token
 ):

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from shared.services import COST
 from tests.conftest import COST_TOKEN
 from tests.support import ROOT, GunicornService, free_port, wait_until
 
 pytestmark = pytest.mark.gunicorn
-GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cost_service:create_app()"]
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", COST.app]
 # What a process of ours sees on a bare machine: the virtualenv first, as in the image.
 PATH = f"{Path(sys.executable).parent}:/usr/bin:/bin"
 
@@ -60,7 +61,7 @@ def service_env(redis_server, redis_client, receiver, tmp_path):
 
 def test_gunicorn_removes_the_metrics_directory_it_made_when_it_exits(service_env, tmp_path, monkeypatch):
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    service = GunicornService("cost_service:create_app()", service_env, workers=2).start(tmp_path / "cost.log")
+    service = GunicornService(COST.app, service_env, workers=2).start(tmp_path / "cost.log")
     try:
         [made] = metrics_dirs(tmp_path / "tmp")
         # A worker that exits (a restart, max_requests) runs the exit handlers it inherited: the directory stays.
@@ -77,7 +78,7 @@ def test_gunicorn_removes_the_metrics_directory_it_made_when_it_exits(service_en
 def test_a_metrics_directory_given_to_gunicorn_is_left_in_place(service_env, tmp_path):
     given = tmp_path / "metrics"
     env = {**service_env, "PROMETHEUS_MULTIPROC_DIR": str(given)}
-    GunicornService("cost_service:create_app()", env, workers=1).start(tmp_path / "cost.log").stop()
+    GunicornService(COST.app, env, workers=1).start(tmp_path / "cost.log").stop()
     assert given.is_dir() and metrics_dirs(tmp_path / "tmp") == []
 
 
@@ -91,7 +92,7 @@ def test_a_start_that_fails_leaves_no_metrics_directory(tmp_path):
 
 @pytest.mark.parametrize("value", ["zero", "0", "65", "-1"])
 def test_a_bad_web_concurrency_is_one_line_from_the_image_command(value, tmp_path):
-    env = {"PATH": PATH, "APP_MODULE": "cost_service:create_app()", "WEB_CONCURRENCY": value, "TMPDIR": str(tmp_path)}
+    env = {"PATH": PATH, "APP_MODULE": COST.app, "WEB_CONCURRENCY": value, "TMPDIR": str(tmp_path)}
     done = subprocess.run(["sh", "-c", image_command()], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert done.stderr == f"Error: WEB_CONCURRENCY must be a whole number from 1 to 64, got {value!r}\n"
@@ -100,7 +101,7 @@ def test_a_bad_web_concurrency_is_one_line_from_the_image_command(value, tmp_pat
 
 def test_the_image_command_serves_with_good_settings(service_env, tmp_path):
     port = free_port()
-    env = {**service_env, "PATH": PATH, "APP_MODULE": "cost_service:create_app()", "PORT": str(port)}
+    env = {**service_env, "PATH": PATH, "APP_MODULE": COST.app, "PORT": str(port)}
     env["WEB_CONCURRENCY"] = "1"
     with open(tmp_path / "image.log", "wb") as log:
         process = subprocess.Popen(["sh", "-c", image_command()], cwd=ROOT, env=env, stdout=log, stderr=log)

@@ -10,6 +10,7 @@ import pytest
 import redis
 import requests
 
+from shared.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
 from tests.support import GunicornService, RedisServer, wait_until
 
@@ -41,8 +42,8 @@ def services(durable_redis, receiver, tmp_path):
         "FORECAST_TOKEN": FORECAST_TOKEN,
         "LOG_LEVEL": "WARNING",
     }
-    cost = GunicornService("cost_service:create_app()", env, workers=2).start(tmp_path / "cost.log")
-    forecast = GunicornService("forecast_service:create_app()", env, workers=2).start(tmp_path / "forecast.log")
+    cost = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
+    forecast = GunicornService(FORECAST.app, env, workers=2).start(tmp_path / "forecast.log")
     yield {"cost": cost, "forecast": forecast}
     cost.stop()
     forecast.stop()

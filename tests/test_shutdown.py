@@ -6,6 +6,7 @@ import threading
 import pytest
 import requests
 
+from shared.services import COST
 from tests.conftest import COST_TOKEN
 from tests.support import GunicornService
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.gunicorn
 def test_sigterm_during_a_request_still_answers_it(redis_server, redis_client, receiver, tmp_path, cost_payload):
     receiver.delay = 1.0  # the agent is slow, so the request is still in flight when SIGTERM arrives
     env = {"REDIS_URL": redis_server.url, "AGENT_WEBHOOK_URL": receiver.url, "COST_ENGINE_TOKEN": COST_TOKEN}
-    service = GunicornService("cost_service:create_app()", env, workers=1).start(tmp_path / "cost.log")
+    service = GunicornService(COST.app, env, workers=1).start(tmp_path / "cost.log")
     answers = []
 
     def ingest():

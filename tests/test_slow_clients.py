@@ -8,6 +8,7 @@ import time
 import pytest
 import requests
 
+from shared.services import COST
 from tests.conftest import COST_TOKEN
 from tests.support import GunicornService
 
@@ -27,7 +28,7 @@ def service(redis_server, redis_client, receiver, tmp_path):
         "CLIENT_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT),
         "MAX_BODY_BYTES": str(MAX_BODY),
     }
-    started = GunicornService("cost_service:create_app()", env, workers=2).start(tmp_path / "cost.log")
+    started = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     yield started
     started.stop()
 

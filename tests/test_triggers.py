@@ -13,6 +13,7 @@ from standardwebhooks import Webhook
 from cost_service import create_app as create_cost_app
 from devtools.agent_receiver import AgentReceiver
 from forecast_service import create_app as create_forecast_app
+from shared.services import COST
 from tests.conftest import COST_TOKEN
 from tests.support import ROOT, GunicornService, wait_until
 
@@ -34,7 +35,7 @@ def test_signed_enriched_trigger_from_gunicorn(redis_server, redis_client, signe
         "AGENT_WEBHOOK_SECRET": SECRET,
         "COST_ENGINE_TOKEN": COST_TOKEN,
     }
-    cost = GunicornService("cost_service:create_app()", env).start(tmp_path / "cost.log")
+    cost = GunicornService(COST.app, env).start(tmp_path / "cost.log")
     try:
         body = requests.post(
             f"{cost.url}/metrics/cost", json=cost_payload, headers={"Authorization": f"Bearer {COST_TOKEN}"}, timeout=10
