@@ -35,9 +35,12 @@ Every atomic step touches the keys of one slot: one key, or a key and its hash-t
 call per node on a cluster (shared/batch.py), whatever the number of deployments.
 """
 
+import contextlib
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
 
 from shared.batch import PROLOGUE, Script, Unit, raise_first, runner_for
 from shared.history import MEMORY_WINDOWS, RECORD_USAGE_LUA, WINDOW_SECONDS, History, bucket_index, decode_history
@@ -393,17 +396,14 @@ class StateRepository:
             for name in names
         ]
         replies = self.runner.run(CLAIM, units, lambda _: [value, self.cooldown_seconds])
-        if any(isinstance(reply, Exception) for reply in replies):
-            won = [
-                Unit(unit.keys, (RELEASE_BOTH if reply == CLAIMED else RELEASE_ESCALATION,))
-                for unit, reply in zip(units, replies)
-                if reply in (CLAIMED, ESCALATED)
-            ]
-            if won:
-                self.runner.run(RELEASE, won, lambda subset: [value, len(subset)])
-            raise_first(replies)
         claimed = [name for name, reply in zip(names, replies) if reply == CLAIMED]
         escalated = [name for name, reply in zip(names, replies) if reply == ESCALATED]
+        if any(isinstance(reply, Exception) for reply in replies):
+            # The claim's own error is the one to report; a release that fails too leaves the
+            # claims to expire with the cooldown, as any failed release does.
+            with contextlib.suppress(RedisError):
+                self.release(namespace, claimed, escalated, now)
+            raise_first(replies)
         return claimed, escalated
 
     def release(
