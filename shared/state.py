@@ -281,10 +281,6 @@ class StateRepository:
         """The key holding the payload time of a cluster key, hash-tagged into that key's slot."""
         return f"{{{cls.cluster_key(namespace, item)}}}:timestamp"
 
-    def ping(self) -> None:
-        """Raise a redis error unless Redis answers."""
-        self.redis.ping()
-
     def check_ready(self) -> None:
         """Raise the Redis error an ingest would meet now: down, read-only, out of memory, no permission,
         a cluster missing slots (the write probe runs on every primary)."""

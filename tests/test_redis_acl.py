@@ -117,7 +117,7 @@ def without(token):
         ("+lrange", lambda repo, payload: repo.failed_triggers("default")),
         ("+lrem", lambda repo, payload: repo.remove_failed("default", {"error": "x"})),
         ("+pttl", lambda repo, payload: repo.running_windows("default", ["adservice"])),
-        ("+ping", lambda repo, payload: repo.ping()),
+        ("+ping", lambda repo, payload: repo.redis.ping()),  # the health check of health_check_interval
     ],
 )
 def test_a_user_lacking_part_of_the_rule_is_refused(server, admin, receiver, cost_payload, missing, step):
