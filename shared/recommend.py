@@ -129,12 +129,10 @@ def price(
         return None
     per_core = hourly / weight
     per_gib = per_core / cpu_memory_price_ratio
-    cpu = _costs(state["req_cpu"] * per_core, recommendation["cpu_cores"] * per_core)
-    memory = _costs(
-        state.get("req_mem", 0) / MIB_PER_GIB * per_gib, recommendation["memory_mb"] / MIB_PER_GIB * per_gib
-    )
-    current = state["req_cpu"] * per_core + state.get("req_mem", 0) / MIB_PER_GIB * per_gib
-    recommended = recommendation["cpu_cores"] * per_core + recommendation["memory_mb"] / MIB_PER_GIB * per_gib
+    cpu_now, cpu_then = state["req_cpu"] * per_core, recommendation["cpu_cores"] * per_core
+    memory_now = state.get("req_mem", 0) / MIB_PER_GIB * per_gib
+    memory_then = recommendation["memory_mb"] / MIB_PER_GIB * per_gib
+    current, recommended = cpu_now + memory_now, cpu_then + memory_then
     # The payload floors keep these finite; state stored before them might not, and a trigger
     # carrying Infinity or NaN is refused by a strict JSON agent.
     if not all(math.isfinite(v) for v in (per_core, per_gib, current, recommended, recommended - current)):
@@ -143,7 +141,7 @@ def price(
         "price_per_cpu_core_hour_gbp": round(per_core, 6),
         "price_per_memory_gib_hour_gbp": round(per_gib, 6),
         **_costs(current, recommended),
-        "by_resource": {"cpu": cpu, "memory": memory},
+        "by_resource": {"cpu": _costs(cpu_now, cpu_then), "memory": _costs(memory_now, memory_then)},
         "monthly_delta_gbp": round((recommended - current) * HOURS_PER_MONTH, 2),
         "basis": (
             f"The cluster's £{hourly:g}/hour split over the {cores:g} CPU cores and {gib:g} GiB of memory "
