@@ -11,9 +11,8 @@ memory is sized from peaks, never from a percentile of samples.
 The history hash (its key is named by StateRepository.history_key) holds:
 ``last_sample``, ``first_sample`` (Unix seconds of the newest and oldest sample counted),
 ``samples`` (distinct samples counted), ``reference`` (Unix seconds the weights are relative
-to), ``cpu:<i>`` (integer weight of CPU bucket i), ``mem_day:<s>`` and ``mem_peak:<s>``
-(slot s = day % 8: the UTC day number, days since the epoch, and the peak memory in MiB seen
-that day).
+to), ``cpu:<i>`` (integer weight of CPU bucket i) and ``mem:<d>`` (the peak memory in MiB seen
+on UTC day d, days since the epoch; days before the last 8 are deleted when a new day starts).
 """
 
 import math
@@ -26,8 +25,8 @@ BUCKET_GROWTH = 0.05
 WEIGHT_SCALE = 1024
 # Weights are rescaled past 2^20 so that a bucket's sum stays exact in Lua's doubles (< 2^53).
 MAX_DECAY_EXPONENT = 20
-# A new bucket that takes the hash past this many fields merges another away. Memory windows
-# filled later add at most 14 more, so the hash stays within Redis's default
+# A new bucket that takes the hash past this many fields merges another away. Memory days
+# filled later add at most 7 more, so the hash stays within Redis's default
 # hash-max-listpack-entries (128): the compact encoding that holds a history under 4 KiB.
 MAX_FIELDS = 112
 MEMORY_WINDOWS = 8
@@ -40,18 +39,17 @@ NOMINAL_SAMPLE_SECONDS = 300
 # Below this much history the recommendation falls back to the latest sample.
 MIN_HISTORY_HOURS = 24
 
-# record_usage(key, ts, ts_raw, cpu_field, day_field, peak_field, day_raw, mem_raw, half_life): count
-# a cost sample in the history hash `key`, unless a sample at least as new was counted already. ts
-# is the sample's Unix seconds and ts_raw the same as a string; cpu_field its bucket (`cpu:<i>`,
-# bucket_index), day_field and peak_field the memory window's two fields (`mem_day:<s>`,
-# `mem_peak:<s>`), day_raw its UTC day number, mem_raw the memory in MiB, half_life in seconds (a
-# number). The caller works out what a whole payload shares once. Strings are stored as they are.
-# Returns 1 when counted, 0 when not. A sample costs two redis.call (HMGET, HSET); the rest runs
-# only on a key's first sample, the first sample of an hour (EXPIRE), a new bucket (HLEN), a
-# rescale (every 20 half-lives) or a merge.
+# record_usage(key, ts, ts_raw, cpu_field, mem_field, day, mem_raw, half_life): count a cost sample in
+# the history hash `key`, unless a sample at least as new was counted already. ts is the sample's
+# Unix seconds and ts_raw the same as a string; cpu_field its bucket (`cpu:<i>`, bucket_index),
+# mem_field its day's peak field (`mem:<day>`), day that UTC day number (a number), mem_raw the
+# memory in MiB (a string, stored as it is), half_life in seconds. The caller works out what a whole payload shares once. Returns 1
+# when counted, 0 when not. A sample costs two redis.call (HMGET, HSET); the rest runs only on a
+# key's first sample, the first sample of a day (old days go), of an hour (EXPIRE), a new bucket
+# (HLEN), a rescale (every 20 half-lives) or a merge.
 RECORD_USAGE_LUA = f"""
-local function record_usage(key, ts, ts_raw, cpu_field, day_field, peak_field, day_raw, mem_raw, half_life)
-  local h = redis.call('HMGET', key, 'last_sample', 'reference', 'samples', cpu_field, day_field, peak_field)
+local function record_usage(key, ts, ts_raw, cpu_field, mem_field, day, mem_raw, half_life)
+  local h = redis.call('HMGET', key, 'last_sample', 'reference', 'samples', cpu_field, mem_field)
   local last = tonumber(h[1])
   if last and ts <= last then
     return 0
@@ -80,13 +78,19 @@ local function record_usage(key, ts, ts_raw, cpu_field, day_field, peak_field, d
   end
   local weight = (current or 0) + math.floor({WEIGHT_SCALE} * 2 ^ ((ts - reference) / half_life) + 0.5)
   local samples = (tonumber(h[3]) or 0) + 1
-  if h[5] ~= day_raw then
-    redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight,
-      day_field, day_raw, peak_field, mem_raw)
-  elseif tonumber(mem_raw) > tonumber(h[6]) then
-    redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight, peak_field, mem_raw)
+  local peak = tonumber(h[5])
+  if not peak or tonumber(mem_raw) > peak then
+    redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight, mem_field, mem_raw)
   else
     redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight)
+  end
+  if last and math.floor(last / {WINDOW_SECONDS}) ~= day then
+    -- A new day: the days that fell out of the last {MEMORY_WINDOWS} go (once a day, not per sample).
+    for _, name in ipairs(redis.call('HKEYS', key)) do
+      if string.sub(name, 1, 4) == 'mem:' and tonumber(string.sub(name, 5)) <= day - {MEMORY_WINDOWS} then
+        redis.call('HDEL', key, name)
+      end
+    end
   end
   if not current and redis.call('HLEN', key) > {MAX_FIELDS} then
     -- Merge the lightest other bucket into the nearest one above it (below when none is): the size
@@ -199,12 +203,9 @@ def decode_history(flat: Mapping[bytes | str, bytes | str]) -> History:
         return History()
     buckets = {int(name[4:]): _number(value) for name, value in raw.items() if name.startswith("cpu:")}
     last_day = math.floor(_number(raw["last_sample"]) / WINDOW_SECONDS)
-    peaks = []
-    for slot in range(MEMORY_WINDOWS):
-        day, peak = raw.get(f"mem_day:{slot}"), raw.get(f"mem_peak:{slot}")
-        # A slot still holding a day more than 8 days back is simply old: its day was not seen again.
-        if day is not None and peak is not None and last_day - MEMORY_WINDOWS < int(_number(day)) <= last_day:
-            peaks.append((int(_number(day)), _number(peak)))
+    peaks = [(int(name[4:]), _number(value)) for name, value in raw.items() if name.startswith("mem:")]
+    # Days older than the last 8 are deleted only when the next sample starts a new day.
+    peaks = [(day, peak) for day, peak in peaks if last_day - MEMORY_WINDOWS < day <= last_day]
     return History(
         samples=int(_number(raw.get("samples", b"0"))),
         first_sample=_number(raw["first_sample"]) if "first_sample" in raw else None,

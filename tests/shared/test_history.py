@@ -103,7 +103,7 @@ def test_the_history_stays_under_4_kib_whatever_its_length(repo, redis_client):
     # Usage sweeping 0.01 to 40 cores, over and over: far more buckets than are kept.
     for i in range(3 * 170):
         repo.save_cost(cost(T0 + 300 * i, ("a", 0.01 * 1.05 ** (i % 170), 100 + i)))
-    assert redis_client.hlen(HISTORY) <= MAX_FIELDS + 14 < 128
+    assert redis_client.hlen(HISTORY) <= MAX_FIELDS + 7 < 128
     assert redis_client.object("encoding", HISTORY) == b"listpack"
     assert redis_client.memory_usage(HISTORY) <= 4096
     # Merging moves weight upwards only: the top of the range is still there.
@@ -122,11 +122,16 @@ def test_the_key_expires_8_days_after_its_last_sample(repo, redis_client):
     assert redis_client.ttl(HISTORY) > HISTORY_TTL_SECONDS + 3600 - 5
 
 
-def test_old_weight_is_rescaled_away_and_old_days_drop_out(repo):
-    repo.save_cost(cost(T0, ("a", 0.1, 300)))
+def test_old_weight_is_rescaled_away_and_old_days_drop_out(repo, redis_client):
+    for day in range(9):
+        repo.save_cost(cost(T0 + day * DAY, ("a", 0.1, 300 + day)))
+    # Nine days seen, the last 8 kept: the first day's peak is deleted when the ninth day starts.
+    assert sorted(f for f in redis_client.hkeys(HISTORY) if f.startswith(b"mem:"))[0] == f"mem:{T0 // DAY + 1}".encode()
+    assert [peak for _, peak in history(repo).memory_peaks] == [301 + day for day in range(8)]
     repo.save_cost(cost(T0 + 30 * DAY, ("a", 1.0, 500)))
+    assert [f for f in redis_client.hkeys(HISTORY) if f.startswith(b"mem:")] == [f"mem:{T0 // DAY + 30}".encode()]
     got = history(repo)
     # After 30 half-lives the first sample weighs 2^-30 of the second: rounded to nothing, it goes.
     assert len(got.cpu_buckets) == 1 and got.cpu_percentile(0.01) > 1.0
     assert [peak for _, peak in got.memory_peaks] == [500]
-    assert got.samples == 2
+    assert got.samples == 10
