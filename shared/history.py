@@ -39,14 +39,14 @@ NOMINAL_SAMPLE_SECONDS = 300
 # Below this much history the recommendation falls back to the latest sample.
 MIN_HISTORY_HOURS = 24
 
-# record_usage(key, ts, ts_raw, cpu_field, mem_field, day, mem_raw, half_life): count a cost sample in
-# the history hash `key`, unless a sample at least as new was counted already. ts is the sample's
-# Unix seconds and ts_raw the same as a string; cpu_field its bucket (`cpu:<i>`, bucket_index),
-# mem_field its day's peak field (`mem:<day>`), day that UTC day number (a number), mem_raw the
-# memory in MiB (a string, stored as it is), half_life in seconds. The caller works out what a whole payload shares once. Returns 1
-# when counted, 0 when not. A sample costs two redis.call (HMGET, HSET); the rest runs only on a
-# key's first sample, the first sample of a day (old days go), of an hour (EXPIRE), a new bucket
-# (HLEN), a rescale (every 20 half-lives) or a merge.
+# record_usage(key, ts, ts_raw, cpu_field, mem_field, day, mem_raw, half_life): count a cost sample
+# in the history hash `key`, unless a sample at least as new was counted already. ts is the
+# sample's Unix seconds and ts_raw the same as a string; cpu_field its bucket (`cpu:<i>`,
+# bucket_index), mem_field its day's peak field (`mem:<day>`), day that UTC day number (a number),
+# mem_raw the memory in MiB (a string, stored as it is), half_life in seconds. The caller works out
+# what a whole payload shares once. Returns 1 when counted, 0 when not. A sample costs two
+# redis.call (HMGET, HSET); the rest runs only on a key's first sample, the first sample of a day
+# (old days go), of an hour (EXPIRE), a new bucket (HLEN), a rescale (every 20 half-lives) or a merge.
 RECORD_USAGE_LUA = f"""
 local function record_usage(key, ts, ts_raw, cpu_field, mem_field, day, mem_raw, half_life)
   local h = redis.call('HMGET', key, 'last_sample', 'reference', 'samples', cpu_field, mem_field)
