@@ -11,8 +11,9 @@ memory is sized from peaks, never from a percentile of samples.
 The history hash (its key is named by StateRepository.history_key) holds:
 ``last_sample``, ``first_sample`` (Unix seconds of the newest and oldest sample counted),
 ``samples`` (distinct samples counted), ``reference`` (Unix seconds the weights are relative
-to), ``cpu:<i>`` (integer weight of CPU bucket i) and ``mem:<d>`` (the peak memory in MiB seen
-on UTC day d, days since the epoch; days before the last 8 are deleted when a new day starts).
+to), ``cpu:<i>`` (integer weight of CPU bucket i), ``mem_today`` (the peak memory in MiB seen on
+``last_sample``'s UTC day) and ``mem:<d>`` (the same for an earlier UTC day d, days since the
+epoch; days before the last 8 are deleted when a new day starts).
 """
 
 import math
@@ -39,23 +40,26 @@ NOMINAL_SAMPLE_SECONDS = 300
 # Below this much history the recommendation falls back to the latest sample.
 MIN_HISTORY_HOURS = 24
 
-# record_usage(key, ts, ts_raw, cpu_field, mem_field, day, mem_raw, half_life): count a cost sample
-# in the history hash `key`, unless a sample at least as new was counted already. ts is the
-# sample's Unix seconds and ts_raw the same as a string; cpu_field its bucket (`cpu:<i>`,
-# bucket_index), mem_field its day's peak field (`mem:<day>`), day that UTC day number (a number),
-# mem_raw the memory in MiB (a string, stored as it is), half_life in seconds. The caller works out
-# what a whole payload shares once. Returns 1 when counted, 0 when not. A sample costs two
-# redis.call (HMGET, HSET); the rest runs only on a key's first sample, the first sample of a day
-# (old days go), of an hour (EXPIRE), a new bucket (HLEN), a rescale (every 20 half-lives) or a merge.
+# record_usage(key, ts, ts_raw, cpu_field, day, mem_raw, half_life): count a cost sample in the
+# history hash `key`, unless a sample at least as new was counted already. ts is the sample's Unix
+# seconds and ts_raw the same as a string; cpu_field its bucket (`cpu:<i>`, bucket_index), day its
+# UTC day number (a number), mem_raw the memory in MiB (a string, stored as it is), half_life in
+# seconds. The caller works out what a whole payload shares once. Returns 1 when counted, 0 when
+# not. A sample costs two redis.call (HMGET, HSET) of fields near the front of the hash but for its
+# bucket (a listpack finds a field by scanning, so a field's position is part of its cost: today's
+# peak therefore has a field of its own, made with the key, and moves to `mem:<day>` once its day
+# is over). The rest runs only on a key's first sample, the first sample of a day (the day before
+# is kept, older days go), of an hour (EXPIRE), a new bucket (HLEN), a rescale (every 20
+# half-lives) or a merge.
 RECORD_USAGE_LUA = f"""
-local function record_usage(key, ts, ts_raw, cpu_field, mem_field, day, mem_raw, half_life)
-  local h = redis.call('HMGET', key, 'last_sample', 'reference', 'samples', cpu_field, mem_field)
+local function record_usage(key, ts, ts_raw, cpu_field, day, mem_raw, half_life)
+  local h = redis.call('HMGET', key, 'last_sample', 'reference', 'samples', 'mem_today', cpu_field)
   local last = tonumber(h[1])
   if last and ts <= last then
     return 0
   end
   local reference = tonumber(h[2])
-  local current = tonumber(h[4])
+  local current = tonumber(h[5])
   if not reference then
     reference = ts
     redis.call('HSET', key, 'first_sample', ts_raw, 'reference', ts_raw)
@@ -78,19 +82,25 @@ local function record_usage(key, ts, ts_raw, cpu_field, mem_field, day, mem_raw,
   end
   local weight = (current or 0) + math.floor({WEIGHT_SCALE} * 2 ^ ((ts - reference) / half_life) + 0.5)
   local samples = (tonumber(h[3]) or 0) + 1
-  local peak = tonumber(h[5])
-  if not peak or tonumber(mem_raw) > peak then
-    redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight, mem_field, mem_raw)
-  else
-    redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight)
-  end
-  if last and math.floor(last / {WINDOW_SECONDS}) ~= day then
-    -- A new day: the days that fell out of the last {MEMORY_WINDOWS} go (once a day, not per sample).
+  local peak = tonumber(h[4])
+  local last_day = last and math.floor(last / {WINDOW_SECONDS})
+  if last_day and last_day ~= day then
+    -- A new day (once a day, not per sample): the last sample's day keeps its peak under its own
+    -- number, and the days that fell out of the last {MEMORY_WINDOWS} go.
+    if last_day > day - {MEMORY_WINDOWS} then
+      redis.call('HSET', key, 'mem:' .. last_day, h[4])
+    end
     for _, name in ipairs(redis.call('HKEYS', key)) do
       if string.sub(name, 1, 4) == 'mem:' and tonumber(string.sub(name, 5)) <= day - {MEMORY_WINDOWS} then
         redis.call('HDEL', key, name)
       end
     end
+    peak = nil
+  end
+  if not peak or tonumber(mem_raw) > peak then
+    redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, 'mem_today', mem_raw, cpu_field, weight)
+  else
+    redis.call('HSET', key, 'last_sample', ts_raw, 'samples', samples, cpu_field, weight)
   end
   if not current and redis.call('HLEN', key) > {MAX_FIELDS} then
     -- Merge the lightest other bucket into the nearest one above it (below when none is): the size
@@ -204,6 +214,8 @@ def decode_history(flat: Mapping[bytes | str, bytes | str]) -> History:
     buckets = {int(name[4:]): _number(value) for name, value in raw.items() if name.startswith("cpu:")}
     last_day = math.floor(_number(raw["last_sample"]) / WINDOW_SECONDS)
     peaks = [(int(name[4:]), _number(value)) for name, value in raw.items() if name.startswith("mem:")]
+    if "mem_today" in raw:
+        peaks.append((last_day, _number(raw["mem_today"])))
     # Days older than the last 8 are deleted only when the next sample starts a new day.
     peaks = [(day, peak) for day, peak in peaks if last_day - MEMORY_WINDOWS < day <= last_day]
     return History(

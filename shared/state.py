@@ -65,8 +65,8 @@ CLAIMED, ESCALATED = 1, 2
 
 # Store one payload. Arguments: the counts of rows, keys per row and items; the item mode ('set'
 # for cost, 'get' for forecast); the timestamp field and the payload's timestamp; the count and
-# names of the value fields written, then of the fields read back; the history's UTC day number,
-# that day's memory field and the half-life, or '' for no history; each row's values in that order (with a history,
+# names of the value fields written, then of the fields read back; the history's UTC day number
+# and half-life ('' and '0' for no history); each row's values in that order (with a history,
 # then its CPU bucket field and memory); each written item's value. Keys: each row's keys (its app
 # hash first, then its usage history), then each item's (the cluster key, and with 'set' its
 # timestamp key). Per row: write unless the stored data from the same source is newer, count the
@@ -90,11 +90,10 @@ for j = 1, nread do
   read[j + 1] = A[ao + 8 + nfields + j]
 end
 local h = ao + 9 + nfields + nread
-local day, half_life = tonumber(A[h]), tonumber(A[h + 2])
+local day, half_life = tonumber(A[h]), tonumber(A[h + 1])
 local history = A[h] ~= ''
-local mem_field = A[h + 1]
 local per_values = history and nfields + 2 or nfields
-local out, v, k = {{}}, h + 3, ko
+local out, v, k = {{}}, h + 2, ko
 for i = 1, rows do
   local key = K[k + 1]
   local got = redis.call('HMGET', key, unpack(read))
@@ -105,7 +104,7 @@ for i = 1, rows do
     end
     redis.call('HSET', key, unpack(hset))
     if history then
-      record_usage(K[k + 2], stamp, ts, A[v + nfields], mem_field, day, A[v + nfields + 1], half_life)
+      record_usage(K[k + 2], stamp, ts, A[v + nfields], day, A[v + nfields + 1], half_life)
     end
     for j = 2, nread + 1 do
       if not got[j] then
@@ -321,7 +320,7 @@ class StateRepository:
             # The worker, not Redis's one thread, works out each sample's bucket and day.
             history_key = self.history_key
             day = int(payload["timestamp"] // WINDOW_SECONDS)
-            usage = (str(day), f"mem:{day}", encode(half_life))
+            usage = (str(day), encode(half_life))
             rows = [
                 Unit(
                     (app_key(namespace, row["name"]), history_key(namespace, row["name"])),
@@ -333,7 +332,7 @@ class StateRepository:
                 for row in deployments
             ]
         else:
-            usage = ("", "", "0")
+            usage = ("", "0")
             rows = [
                 Unit((app_key(namespace, row["name"]),), tuple([encode(row[name]) for name in value_fields]))
                 for row in deployments
