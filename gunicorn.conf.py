@@ -24,6 +24,7 @@ graceful_timeout = whole_number("GUNICORN_GRACEFUL_TIMEOUT")
 # Load the app in the master: a bad setting stops the whole server at once with one message.
 preload_app = True
 accesslog = None  # the app logs one JSON line per request itself
+logger_class = "shared.gunicorn_worker.Logger"
 errorlog = "-"
 logconfig_dict = GUNICORN_LOGGING
 # No control socket: two services on one host would fight over its default path.

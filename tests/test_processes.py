@@ -65,6 +65,8 @@ def test_gunicorn_removes_the_metrics_directory_it_made_when_it_exits(service_en
     try:
         [made] = metrics_dirs(tmp_path / "tmp")
         # A worker that exits (a restart, max_requests) runs the exit handlers it inherited: the directory stays.
+        # Both workers first: the first one up answers /healthz while the master may not have forked the other.
+        assert wait_until(lambda: len(worker_pids(service.process.pid)) == 2)
         old_workers = worker_pids(service.process.pid)
         os.kill(old_workers[0], signal.SIGTERM)
         assert wait_until(lambda: len(set(worker_pids(service.process.pid)) - set(old_workers)) == 1)
