@@ -39,6 +39,7 @@ import contextlib
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from redis.exceptions import RedisError
 
@@ -66,7 +67,7 @@ CLAIMED, ESCALATED = 1, 2
 # Store one payload. Arguments: the counts of rows, keys per row and items; the item mode ('set'
 # for cost, 'get' for forecast); the timestamp field and the payload's timestamp; the count and
 # names of the value fields written, then of the fields read back; the history's UTC day number
-# and half-life ('' and '0' for no history); each row's values in that order (with a history,
+# and half-life ('' and 0 for no history); each row's values in that order (with a history,
 # then its CPU bucket field and memory); each written item's value. Keys: each row's keys (its app
 # hash first, then its usage history), then each item's (the cluster key, and with 'set' its
 # timestamp key). Per row: write unless the stored data from the same source is newer, count the
@@ -215,11 +216,6 @@ return out
 READY = Script("#!lua\nreturn 1\n")
 
 
-def encode(value: float) -> str:
-    """A number as Redis stores it: ints stay ints, floats keep their shortest exact form."""
-    return str(value) if isinstance(value, int) else repr(float(value))
-
-
 def decode(raw: bytes) -> float:
     """A stored number (bytes) back into an int or float; stored numbers are never negative."""
     return int(raw) if raw.isdigit() else float(raw)
@@ -297,7 +293,7 @@ class StateRepository:
         items = [
             Unit(
                 (self.cluster_key(namespace, item), self.cluster_timestamp_key(namespace, item)),
-                (encode(totals[item]),),
+                (totals[item],),
                 ITEM,
             )
             for item in CLUSTER_ITEMS
@@ -311,45 +307,41 @@ class StateRepository:
         return self._save(payload, "forecast_timestamp", FORECAST_FIELDS, "get", items)
 
     def _save(self, payload, ts_field, value_fields, item_mode, items, history=False):
-        namespace, ts = payload["namespace"], encode(payload["timestamp"])
+        namespace, stamp = payload["namespace"], payload["timestamp"]
         deployments = payload["deployments"]
         read_back = READ_BACK[ts_field]
         app_key = self.app_key
+        values = itemgetter(*value_fields)
         half_life = self.history_half_life_seconds if history else None
+        # Numbers go as they are: the client writes an int with str() and a float with repr() (its
+        # shortest exact form), which is how Redis stores them and decode() reads them back.
         if half_life is not None:
             # The worker, not Redis's one thread, works out each sample's bucket and day.
             history_key = self.history_key
-            day = int(payload["timestamp"] // WINDOW_SECONDS)
-            usage = (str(day), encode(half_life))
+            usage = (int(stamp // WINDOW_SECONDS), half_life)
             rows = [
                 Unit(
-                    (app_key(namespace, row["name"]), history_key(namespace, row["name"])),
-                    tuple(
-                        [encode(row[name]) for name in value_fields]
-                        + [f"cpu:{bucket_index(row['usage_cpu_curr'])}", encode(row["usage_mem_curr"])]
-                    ),
+                    (app_key(namespace, name), history_key(namespace, name)),
+                    (*values(row), f"cpu:{bucket_index(row['usage_cpu_curr'])}", row["usage_mem_curr"]),
                 )
                 for row in deployments
+                for name in (row["name"],)
             ]
         else:
-            usage = ("", "0")
-            rows = [
-                Unit((app_key(namespace, row["name"]),), tuple([encode(row[name]) for name in value_fields]))
-                for row in deployments
-            ]
+            usage = ("", 0)
+            rows = [Unit((app_key(namespace, row["name"]),), values(row)) for row in deployments]
         keys_per_row = 1 if half_life is None else 2
 
         def header(units):
             count = sum(unit.kind == ROW for unit in units)
             return [
-                *(count, keys_per_row, len(units) - count, item_mode, ts_field, ts),
+                *(count, keys_per_row, len(units) - count, item_mode, ts_field, stamp),
                 *(len(value_fields), *value_fields, len(read_back), *read_back, *usage),
             ]
 
         replies = self.runner.run(SAVE, rows + items, header)
         raise_first(replies)
         saved = SavedPayload()
-        stamp = decode(ts.encode())
         for row, reply in zip(deployments, replies):
             if reply == 0:
                 saved.stale.append(row["name"])
