@@ -19,7 +19,7 @@ from bench.payloads import (
     payload_timestamp,
     wrk_script,
 )
-from bench.stack import WORKERS, BenchError, workers_peak_rss_mb
+from bench.stack import WORKERS, BenchError, cpu_seconds, worker_pids, workers_peak_rss_mb
 
 WRK_THREADS = 2
 WRK_CONNECTIONS = 8
@@ -69,6 +69,7 @@ class Row:
     round_trips: float | None  # None on a cluster, where the proxy cannot stand between client and nodes
     server_us_per_deployment: float  # Redis time in our scripts (INFO commandstats), per deployment
     peak_rss_mb: float
+    cpu_ms: dict[str, float]  # CPU time per request in the timed runs: "workers", "redis", "ceiling"
 
     @property
     def ratio(self):
@@ -258,9 +259,26 @@ def run_case(stack, wrk, mode, store, endpoint, size, workdir):
         # A worker's first requests are slower (lazy imports, cold caches); keep them out of the figures.
         for url in urls.values():
             checked_wrk(wrk, url, script, mode.warmup_seconds)
+    # CPU time from /proc around each run: the service's workers and Redis, or the ceiling's workers.
+    measured = {"service": worker_pids(service.process.pid) + stack.redis_pids(store)}
+    measured["ceiling"] = worker_pids(stack.ceiling.process.pid)
+    split = len(measured["service"]) - len(stack.redis_pids(store))
+    cpu = {"workers": 0.0, "redis": 0.0, "ceiling": 0.0}
     for _ in range(mode.rounds):
         for side, url in urls.items():
+            before = [cpu_seconds([pid]) for pid in measured[side]]
             runs[side].append(checked_wrk(wrk, url, script, seconds))
+            used = [cpu_seconds([pid]) - start for pid, start in zip(measured[side], before)]
+            if side == "ceiling":
+                cpu["ceiling"] += sum(used)
+            else:
+                cpu["workers"] += sum(used[:split])
+                cpu["redis"] += sum(used[split:])
+    done = {side: sum(run.requests for run in runs[side]) for side in runs}
+    cpu_ms = {
+        part: 1000 * seconds_used / done["ceiling" if part == "ceiling" else "service"]
+        for part, seconds_used in cpu.items()
+    }
     commands, executed, round_trips, server_us = count_redis_traffic(
         stack, store, endpoint, size, bodies["payload"], mode.counted_requests
     )
@@ -275,4 +293,5 @@ def run_case(stack, wrk, mode, store, endpoint, size, workdir):
         round_trips=round_trips,
         server_us_per_deployment=server_us,
         peak_rss_mb=workers_peak_rss_mb(service),
+        cpu_ms=cpu_ms,
     )

@@ -51,15 +51,56 @@ def table(rows):
         )
         for row in rows
     ]
-    widths = [max(len(c[i]) for c in [COLUMNS, *cells]) for i in range(len(COLUMNS))]
-    numeric = [i > 1 for i in range(len(COLUMNS))]
+    return _markdown(COLUMNS, cells)
+
+
+def _markdown(columns, cells):
+    """A markdown table, text columns (the first two) left-aligned and numbers right-aligned."""
+    widths = [max(len(c[i]) for c in [columns, *cells]) for i in range(len(columns))]
+    numeric = [i > 1 for i in range(len(columns))]
 
     def line(values):
         padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
         return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
-    return "\n".join([line(COLUMNS), rule, *(line(c) for c in cells)])
+    return "\n".join([line(columns), rule, *(line(c) for c in cells)])
+
+
+# The ratio each size is held to on a single Redis (issue 11); other sizes have none.
+RATIO_GOALS = {2: 0.5, 500: 0.2, 2000: 0.2}
+CPU_COLUMNS = (
+    "endpoint",
+    "store",
+    "deployments",
+    "worker CPU ms/req",
+    "redis CPU ms/req",
+    "ceiling worker CPU ms/req",
+    "ratio goal",
+    "CPU ms/req at the goal",
+)
+
+
+def cpu_table(rows):
+    """Where each request's CPU time goes, against what the machine has per request at the goal's rate."""
+    cores = os.cpu_count() or 1
+    cells = []
+    for row in rows:
+        goal = RATIO_GOALS.get(row.deployments) if row.store == "redis" else None
+        budget = cores * 1000 / (goal * row.ceiling.requests_per_second) if goal else None
+        cells.append(
+            (
+                row.endpoint,
+                row.store,
+                str(row.deployments),
+                f"{row.cpu_ms['workers']:.2f}",
+                f"{row.cpu_ms['redis']:.2f}",
+                f"{row.cpu_ms['ceiling']:.2f}",
+                "-" if goal is None else f"{goal}",
+                "-" if budget is None else f"{budget:.2f}",
+            )
+        )
+    return _markdown(CPU_COLUMNS, cells)
 
 
 def target_checks(rows):
@@ -71,7 +112,7 @@ def target_checks(rows):
         checks.append(f"- [{'x' if met else ' '}] {label}: {figure}")
 
     for endpoint in (COST.name, FORECAST.name):
-        for size, floor in ((2, 0.5), (500, 0.2), (2000, 0.2)):
+        for size, floor in RATIO_GOALS.items():
             row = by_case.get(("redis", endpoint, size))
             if row:
                 check(
@@ -136,6 +177,16 @@ Machine: {machine()}.
 ## Targets (issues 6 and 11)
 
 {target_checks(rows)}
+
+## Where the CPU goes
+
+CPU time per request (user + system, from `/proc`) over the timed runs: the service's workers, the
+Redis servers during the service's runs, and the ceiling's workers during its own. `CPU ms/req at the
+goal` is what the machine has for each request if it answers at the goal's rate ({os.cpu_count()} cores ×
+1000 / (ratio goal × ceiling req/s)): the workers, Redis and wrk share it, so a goal is out of reach
+when the workers and Redis together already need more.
+
+{cpu_table(rows)}
 
 ## Method
 

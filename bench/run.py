@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.load import FULL, QUICK, ensure_wrk, run_case
 from bench.payloads import COST, FORECAST, SIZES
-from bench.report import machine, results_markdown, table, target_checks
+from bench.report import cpu_table, machine, results_markdown, table, target_checks
 from bench.stack import STORES, BenchError, Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +53,8 @@ def run(mode, output, sizes=SIZES, stores=STORES):
     print(table(rows))
     print()
     print(target_checks(rows))
+    print()
+    print(cpu_table(rows))
     print(f"\nbench: {seconds:.0f} s in all; {machine()}; load average before: {load}")
     if output:
         output.write_text(results_markdown(rows, mode, started_at, seconds, load))

@@ -42,6 +42,17 @@ def peak_rss_mb(pid):
     raise BenchError(f"no VmHWM in /proc/{pid}/status")
 
 
+def cpu_seconds(pids):
+    """User plus system CPU time the processes have used so far, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        # The fields after the command name, which may itself hold spaces and parentheses.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
 def workers_peak_rss_mb(service):
     """The largest peak RSS among a service's workers."""
     pids = worker_pids(service.process.pid)
@@ -97,6 +108,12 @@ class Stack:
                 self.services["cluster", name] = self._gunicorn(app, cluster_env, WORKERS, f"{name}-cluster.log")
         self.ceiling = self._gunicorn("bench.ceiling:create_app()", env, WORKERS, "ceiling.log")
         return self
+
+    def redis_pids(self, store):
+        """The pids of the Redis servers behind a store."""
+        if store == "redis":
+            return [self.redis_server.process.pid]
+        return [process.pid for process in self.cluster.processes.values()]
 
     def redis_nodes(self, store):
         """Clients of the Redis servers behind a store: the one server, or each cluster primary."""
