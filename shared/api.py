@@ -66,9 +66,10 @@ def read_json_object() -> dict[str, Any]:
 def ingest_view() -> tuple[Response, int]:
     """Validate the payload, store it, evaluate the rules and trigger the agent when due."""
     svc = service()
-    body = read_json_object()
     try:
-        payload = svc.schema.load(body)
+        # The parsed body is not kept: a payload of thousands of deployments is megabytes of objects,
+        # and the loaded payload holds all the ingest needs.
+        payload = svc.schema.load(read_json_object())
     except ValidationError as exc:
         raise ApiError(422, "Payload failed validation.", details={"fields": exc.messages}) from None
     result = svc.aggregator.ingest(svc.source, payload, g.request_id)
