@@ -315,6 +315,7 @@ class StateRepository:
         half_life = self.history_half_life_seconds if history else None
         # Numbers go as they are: the client writes an int with str() and a float with repr() (its
         # shortest exact form), which is how Redis stores them and decode() reads them back.
+        usage: tuple[int | str, float]  # the history's UTC day and half-life; '' for no history
         if half_life is not None:
             # The worker, not Redis's one thread, works out each sample's bucket and day.
             history_key = self.history_key
