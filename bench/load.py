@@ -259,21 +259,18 @@ def run_case(stack, wrk, mode, store, endpoint, size, workdir):
         # A worker's first requests are slower (lazy imports, cold caches); keep them out of the figures.
         for url in urls.values():
             checked_wrk(wrk, url, script, mode.warmup_seconds)
-    # CPU time from /proc around each run: the service's workers and Redis, or the ceiling's workers.
-    measured = {"service": worker_pids(service.process.pid) + stack.redis_pids(store)}
-    measured["ceiling"] = worker_pids(stack.ceiling.process.pid)
-    split = len(measured["service"]) - len(stack.redis_pids(store))
+    # CPU time from /proc around each run: the service's workers and its Redis servers, or the ceiling's workers.
+    measured = {
+        "service": {"workers": worker_pids(service.process.pid), "redis": stack.redis_pids(store)},
+        "ceiling": {"ceiling": worker_pids(stack.ceiling.process.pid)},
+    }
     cpu = {"workers": 0.0, "redis": 0.0, "ceiling": 0.0}
     for _ in range(mode.rounds):
         for side, url in urls.items():
-            before = [cpu_seconds([pid]) for pid in measured[side]]
+            before = {part: cpu_seconds(pids) for part, pids in measured[side].items()}
             runs[side].append(checked_wrk(wrk, url, script, seconds))
-            used = [cpu_seconds([pid]) - start for pid, start in zip(measured[side], before)]
-            if side == "ceiling":
-                cpu["ceiling"] += sum(used)
-            else:
-                cpu["workers"] += sum(used[:split])
-                cpu["redis"] += sum(used[split:])
+            for part, pids in measured[side].items():
+                cpu[part] += cpu_seconds(pids) - before[part]
     done = {side: sum(run.requests for run in runs[side]) for side in runs}
     cpu_ms = {
         part: 1000 * seconds_used / done["ceiling" if part == "ceiling" else "service"]
