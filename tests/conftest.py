@@ -10,7 +10,7 @@ from cost_service import create_app as create_cost_app
 from devtools.agent_receiver import AgentReceiver
 from forecast_service import create_app as create_forecast_app
 from shared.services import COST, FORECAST
-from tests.support import RedisClusterServers, RedisServer
+from tests.support import RedisClusterServers, RedisServer, close_cluster_client
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COST_TOKEN = "cost-token-0123456789abcdef"
@@ -74,7 +74,10 @@ def store(request, redis_server):
     client.script_flush()
     yield url, request.param == "cluster", client
     client.flushdb()
-    client.close()
+    if request.param == "cluster":
+        close_cluster_client(client)
+    else:
+        client.close()
 
 
 @pytest.fixture

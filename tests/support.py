@@ -121,6 +121,15 @@ class GunicornService:
             self.output.close()
 
 
+def close_cluster_client(client):
+    """Close a RedisCluster client for good: made with from_url, its nodes' clients do not own their
+    connection pools, so close() alone leaves their sockets open until garbage collection."""
+    for node in client.get_nodes():
+        if node.redis_connection is not None:
+            node.redis_connection.connection_pool.disconnect()
+    client.close()
+
+
 def free_cluster_port():
     """A port free for a cluster node, whose bus port (port + 10000) is free as well."""
     while True:

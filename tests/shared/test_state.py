@@ -5,6 +5,7 @@ import redis
 from redis.crc import key_slot
 
 from shared.state import StateRepository
+from tests.support import close_cluster_client
 
 NS = "default"
 
@@ -298,14 +299,10 @@ def slot_moved_behind_the_clients_back(url, key, warm_up):
         for found in owner.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
             owner.delete(found)
         assign(source)
-        for node in client.get_nodes():
-            node.redis_connection.connection_pool.disconnect()
-        client.close()
+        close_cluster_client(client)
         fresh = redis.RedisCluster.from_url(url)
         fresh.flushall()
-        for node in fresh.get_nodes():
-            node.redis_connection.connection_pool.disconnect()
-        fresh.close()
+        close_cluster_client(fresh)
 
 
 @pytest.mark.cluster
