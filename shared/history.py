@@ -86,14 +86,35 @@ local function record_usage(key, ts, ts_raw, cpu_field, day, mem_raw, half_life)
   local last_day = last and math.floor(last / {WINDOW_SECONDS})
   if last_day and last_day ~= day then
     -- A new day (once a day, not per sample): the last sample's day keeps its peak under its own
-    -- number, and the days that fell out of the last {MEMORY_WINDOWS} go.
-    if last_day > day - {MEMORY_WINDOWS} then
-      redis.call('HSET', key, 'mem:' .. last_day, h[4])
-    end
-    for _, name in ipairs(redis.call('HKEYS', key)) do
-      if string.sub(name, 1, 4) == 'mem:' and tonumber(string.sub(name, 5)) <= day - {MEMORY_WINDOWS} then
-        redis.call('HDEL', key, name)
+    -- number, and the days that fell out of the last {MEMORY_WINDOWS} go. Histories written before
+    -- mem_today kept their days in slot pairs (mem_day:<s>, mem_peak:<s>): those carry over too.
+    local all, peaks, pairs_by_slot, gone = redis.call('HGETALL', key), {{}}, {{}}, {{}}
+    local function keep(d, raw)
+      if d and raw and d > day - {MEMORY_WINDOWS} and (not peaks[d] or tonumber(raw) > tonumber(peaks[d])) then
+        peaks[d] = raw
       end
+    end
+    for i = 1, #all, 2 do
+      local name = all[i]
+      local kind, rest = string.match(name, '^(mem[^:]*):(%d+)$')
+      if kind == 'mem' then
+        keep(tonumber(rest), all[i + 1])
+        gone[#gone + 1] = name
+      elseif kind == 'mem_day' or kind == 'mem_peak' then
+        pairs_by_slot[rest] = pairs_by_slot[rest] or {{}}
+        pairs_by_slot[rest][kind] = all[i + 1]
+        gone[#gone + 1] = name
+      end
+    end
+    for _, pair in pairs(pairs_by_slot) do
+      keep(tonumber(pair.mem_day), pair.mem_peak)
+    end
+    keep(last_day, h[4])
+    if #gone > 0 then
+      redis.call('HDEL', key, unpack(gone))
+    end
+    for d, raw in pairs(peaks) do
+      redis.call('HSET', key, 'mem:' .. d, raw)
     end
     peak = nil
   end
@@ -213,15 +234,23 @@ def decode_history(flat: Mapping[bytes | str, bytes | str]) -> History:
         return History()
     buckets = {int(name[4:]): _number(value) for name, value in raw.items() if name.startswith("cpu:")}
     last_day = math.floor(_number(raw["last_sample"]) / WINDOW_SECONDS)
-    peaks = [(int(name[4:]), _number(value)) for name, value in raw.items() if name.startswith("mem:")]
+    found = [(int(name[4:]), _number(value)) for name, value in raw.items() if name.startswith("mem:")]
     if "mem_today" in raw:
-        peaks.append((last_day, _number(raw["mem_today"])))
+        found.append((last_day, _number(raw["mem_today"])))
+    # Slot pairs from before mem_today, until the next new day carries them over (see RECORD_USAGE_LUA).
+    for slot in range(MEMORY_WINDOWS):
+        slot_day, slot_peak = raw.get(f"mem_day:{slot}"), raw.get(f"mem_peak:{slot}")
+        if slot_day is not None and slot_peak is not None:
+            found.append((int(_number(slot_day)), _number(slot_peak)))
+    peaks: dict[int, float] = {}
     # Days older than the last 8 are deleted only when the next sample starts a new day.
-    peaks = [(day, peak) for day, peak in peaks if last_day - MEMORY_WINDOWS < day <= last_day]
+    for day, peak in found:
+        if last_day - MEMORY_WINDOWS < day <= last_day:
+            peaks[day] = max(peak, peaks.get(day, peak))
     return History(
         samples=int(_number(raw.get("samples", b"0"))),
         first_sample=_number(raw["first_sample"]) if "first_sample" in raw else None,
         last_sample=_number(raw["last_sample"]),
         cpu_buckets=buckets,
-        memory_peaks=tuple(sorted(peaks)),
+        memory_peaks=tuple(sorted(peaks.items())),
     )

@@ -136,3 +136,31 @@ def test_old_weight_is_rescaled_away_and_old_days_drop_out(repo, redis_client):
     assert len(got.cpu_buckets) == 1 and got.cpu_percentile(0.01) > 1.0
     assert [peak for _, peak in got.memory_peaks] == [500]
     assert got.samples == 10
+
+
+def test_day_slots_of_the_earlier_layout_carry_over_to_a_field_per_day(repo, redis_client):
+    # A history written before mem_today: its days sat in (mem_day:<slot>, mem_peak:<slot>) pairs.
+    day0 = T0 // DAY
+    redis_client.hset(
+        HISTORY,
+        mapping={
+            "first_sample": T0 - 3 * DAY,
+            "reference": T0 - 3 * DAY,
+            "last_sample": T0 + 3600,
+            "samples": 3,
+            "cpu:20": 1024,
+            **{f"mem_day:{(day0 - i) % 8}": day0 - i for i in range(3)},
+            **{f"mem_peak:{(day0 - i) % 8}": 900 + i for i in range(3)},
+            f"mem_day:{(day0 - 12) % 8}": day0 - 12,  # a day long gone
+            f"mem_peak:{(day0 - 12) % 8}": 5000,
+        },
+    )
+    # Read as it is, the old days still count: memory is never sized from today's samples alone.
+    assert history(repo).memory_peaks == ((day0 - 2, 902), (day0 - 1, 901), (day0, 900))
+    repo.save_cost(cost(T0 + 7200, ("a", 0.4, 950)))  # the same day: today's peak goes up
+    assert history(repo).memory_peaks == ((day0 - 2, 902), (day0 - 1, 901), (day0, 950))
+    repo.save_cost(cost(T0 + DAY, ("a", 0.4, 300)))  # a new day carries the pairs over, once
+    fields = {name.decode() for name in redis_client.hkeys(HISTORY)}
+    assert not {name for name in fields if name.startswith(("mem_day:", "mem_peak:"))}
+    assert {name for name in fields if name.startswith("mem:")} == {f"mem:{day0 - 2}", f"mem:{day0 - 1}", f"mem:{day0}"}
+    assert history(repo).memory_peaks == ((day0 - 2, 902), (day0 - 1, 901), (day0, 950), (day0 + 1, 300))
