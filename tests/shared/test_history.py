@@ -25,17 +25,6 @@ def cost(ts, *rows):
     }
 
 
-@pytest.fixture
-def redis_client(store):
-    """Every test here runs against one redis-server and against a Redis Cluster."""
-    return store[2]
-
-
-@pytest.fixture
-def repo(redis_client):
-    return StateRepository(redis_client, cooldown_seconds=1800)
-
-
 def history(repo, name="a"):
     return repo.histories(NS, [name])[name]
 

@@ -29,17 +29,6 @@ def forecast(ts, *rows):
     }
 
 
-@pytest.fixture
-def redis_client(store):
-    """Every test here runs against one redis-server and against a Redis Cluster."""
-    return store[2]
-
-
-@pytest.fixture
-def repo(redis_client):
-    return StateRepository(redis_client, cooldown_seconds=1800)
-
-
 def stored(redis_client, key):
     return {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
 
