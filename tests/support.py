@@ -1,5 +1,6 @@
 """Real processes for the tests: a throwaway redis-server and gunicorn-served services."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import redis
 import requests
 
 from devtools.redis_command import redis_server_argv, sentinel_argv, tls_options
+from shared.services import COST, FORECAST
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,6 +130,22 @@ def close_cluster_client(client):
         if node.redis_connection is not None:
             node.redis_connection.connection_pool.disconnect()
     client.close()
+
+
+@contextlib.contextmanager
+def both_services(env, log_dir, workers=2):
+    """Both services under gunicorn with one set of settings, as {"cost": ..., "forecast": ...}; stopped after."""
+    cost = GunicornService(COST.app, env, workers=workers).start(log_dir / "cost.log")
+    try:
+        forecast = GunicornService(FORECAST.app, env, workers=workers).start(log_dir / "forecast.log")
+    except BaseException:
+        cost.stop()
+        raise
+    try:
+        yield {"cost": cost, "forecast": forecast}
+    finally:
+        cost.stop()
+        forecast.stop()
 
 
 def free_cluster_port():

@@ -5,9 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from shared.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
-from tests.support import GunicornService
+from tests.support import both_services
 
 pytestmark = pytest.mark.gunicorn
 
@@ -30,11 +29,8 @@ def services(store, receiver, tmp_path):
         "LOG_LEVEL": "WARNING",
         "AGENT_WEBHOOK_BUDGET_SECONDS": "1",
     }
-    cost = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
-    forecast = GunicornService(FORECAST.app, env, workers=2).start(tmp_path / "forecast.log")
-    yield cost, forecast
-    cost.stop()
-    forecast.stop()
+    with both_services(env, tmp_path) as running:
+        yield running["cost"], running["forecast"]
 
 
 def test_fifty_concurrent_requests_through_both_services_trigger_once(

@@ -10,9 +10,8 @@ import pytest
 import redis
 import requests
 
-from shared.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
-from tests.support import GunicornService, RedisServer, wait_until
+from tests.support import RedisServer, both_services, wait_until
 
 pytestmark = pytest.mark.gunicorn
 
@@ -42,11 +41,8 @@ def services(durable_redis, receiver, tmp_path):
         "FORECAST_TOKEN": FORECAST_TOKEN,
         "LOG_LEVEL": "WARNING",
     }
-    cost = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
-    forecast = GunicornService(FORECAST.app, env, workers=2).start(tmp_path / "forecast.log")
-    yield {"cost": cost, "forecast": forecast}
-    cost.stop()
-    forecast.stop()
+    with both_services(env, tmp_path) as running:
+        yield running
 
 
 def payload(kind, seq, names):

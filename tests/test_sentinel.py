@@ -18,9 +18,8 @@ import redis
 import requests
 
 from cost_service import create_app as create_cost_app
-from shared.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
-from tests.support import GunicornService, RedisSentinelSet, make_certificates, wait_until
+from tests.support import RedisSentinelSet, both_services, make_certificates, wait_until
 from tests.test_redis_restart import BASE, payload
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.sentinel]
@@ -50,11 +49,8 @@ def services(sentinels, receiver, tmp_path):
         "FORECAST_TOKEN": FORECAST_TOKEN,
         "LOG_LEVEL": "WARNING",
     }
-    cost = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
-    forecast = GunicornService(FORECAST.app, env, workers=2).start(tmp_path / "forecast.log")
-    yield {"cost": cost, "forecast": forecast}
-    cost.stop()
-    forecast.stop()
+    with both_services(env, tmp_path) as running:
+        yield running
 
 
 class Load:
