@@ -15,6 +15,16 @@ from tests.support import RedisClusterServers, RedisServer, close_cluster_client
 FIXTURES = Path(__file__).parent / "fixtures"
 COST_TOKEN = "cost-token-0123456789abcdef"
 FORECAST_TOKEN = "forecast-token-0123456789abcdef"
+# The price of adservice's recommendation for the seed cost payload, as issue 10 gives it (the
+# item's cost without its "basis" sentence and "by_resource" split).
+SEED_ADSERVICE_PRICE = {
+    "price_per_cpu_core_hour_gbp": 0.290408,
+    "price_per_memory_gib_hour_gbp": 0.038929,
+    "current_gbp_per_hour": 0.736531,
+    "recommended_gbp_per_hour": 0.155979,
+    "delta_gbp_per_hour": -0.580551,
+    "monthly_delta_gbp": -423.8,
+}
 
 
 @pytest.fixture(scope="session")

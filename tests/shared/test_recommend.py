@@ -4,6 +4,7 @@ import pytest
 
 from shared.history import History, bucket_start
 from shared.recommend import price, recommend
+from tests.conftest import SEED_ADSERVICE_PRICE
 
 SEED_STATE = {"req_cpu": 2.0, "req_mem": 4096, "usage_cpu_curr": 0.4, "usage_mem_curr": 512}
 SEED_CLUSTER = {"hourly_cost_gbp": 1.25, "vm_count": 3, "req_cpu_total": 3.5, "req_mem_total": 6144}
@@ -20,14 +21,7 @@ def test_seed_adservice_recommendation_and_price_match_the_contract_example():
         "basis": "single_sample",
     }
     cost = price(SEED_CLUSTER, SEED_STATE, recommendation)
-    assert {k: v for k, v in cost.items() if k not in ("basis", "by_resource")} == {
-        "price_per_cpu_core_hour_gbp": 0.290408,
-        "price_per_memory_gib_hour_gbp": 0.038929,
-        "current_gbp_per_hour": 0.736531,
-        "recommended_gbp_per_hour": 0.155979,
-        "delta_gbp_per_hour": -0.580551,
-        "monthly_delta_gbp": -423.8,
-    }
+    assert {k: v for k, v in cost.items() if k not in ("basis", "by_resource")} == SEED_ADSERVICE_PRICE
     assert cost["by_resource"]["cpu"]["delta_gbp_per_hour"] + cost["by_resource"]["memory"][
         "delta_gbp_per_hour"
     ] == pytest.approx(-0.580551, abs=2e-6)
