@@ -200,21 +200,47 @@ class DeploymentList(fields.Field):
         return row, errors
 
 
-class ClusterTotalsSchema(Schema):
-    """The cost engine's view of the whole cluster."""
+class StrictSchema(Schema):
+    """A schema whose fields are all required and whose unknown keys are refused, loaded quickly when valid.
+
+    marshmallow's own load spends tens of microseconds a call on machinery (an error store, hooks,
+    partial loading) that valid input never needs: on a small payload that is most of the
+    validation. The quick path runs the very same fields on input with exactly the declared keys;
+    at the first error the input goes through marshmallow's load, which reports every error in
+    its usual shape.
+    """
 
     class Meta:
         unknown = RAISE
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._keys = frozenset(self.load_fields)
+        self._quick_fields = tuple(self.load_fields.items())
+        # The quick path assumes what the subclasses declare; a schema that does not is loaded by marshmallow alone.
+        self._quick = not any(self._hooks.values()) and all(
+            field.required and field.data_key is None and field.attribute is None for field in self.load_fields.values()
+        )
+
+    def load(self, data, *, many=None, partial=None, unknown=None):
+        """Deserialize `data` as marshmallow's Schema.load does (same result, same errors), faster when it is valid."""
+        if self._quick and many is None and partial is None and type(data) is dict and data.keys() == self._keys:
+            try:
+                return {name: field.deserialize(data[name], name, data) for name, field in self._quick_fields}
+            except ValidationError:
+                pass  # marshmallow's load below collects every error, not just this first one
+        return super().load(data, many=many, partial=partial, unknown=unknown)
+
+
+class ClusterTotalsSchema(StrictSchema):
+    """The cost engine's view of the whole cluster."""
 
     vm_count = StrictNumber(required=True, integer=True, minimum=1, maximum=MAX_VM_COUNT)
     current_hourly_cost_gbp = StrictNumber(required=True, maximum=MAX_HOURLY_COST)
 
 
-class PayloadSchema(Schema):
+class PayloadSchema(StrictSchema):
     """Fields and limits common to both payloads."""
-
-    class Meta:
-        unknown = RAISE
 
     timestamp = Timestamp(required=True)
     namespace = fields.String(required=True, validate=validate.Regexp(DNS_LABEL, error=DNS_LABEL_MESSAGE))

@@ -167,3 +167,43 @@ def test_limits_and_namespaces_come_from_the_constructor():
     # Another instance's limits must not leak into this one.
     assert cost_schema.load(COST)["namespace"] == "default"
     assert "namespace" in errors_of(cost_schema, one)
+
+
+def marshmallow_only(schema):
+    """The same schema with the quick path turned off, nested schemas included: marshmallow's own load."""
+    schema._quick = False
+    for field in schema.fields.values():
+        if hasattr(field, "schema") and isinstance(getattr(field, "nested", None), type):
+            marshmallow_only(field.schema)
+    return schema
+
+
+VALID_VARIANTS = [
+    lambda p: None,
+    lambda p: p.update(timestamp="2024-01-01T13:00:00.25+01:00"),
+    lambda p: p["deployments"][0]["current_requests"].update(cpu_cores=0.0004, memory_mb=3),
+    lambda p: p["cluster_totals"].update(current_hourly_cost_gbp=0),
+]
+
+
+@pytest.mark.parametrize("change", VALID_VARIANTS)
+def test_quick_load_gives_marshmallows_result(change):
+    payload = modified(COST, change)
+    assert cost_schema.load(payload) == marshmallow_only(CostPayloadSchema()).load(payload)
+    assert forecast_schema.load(FORECAST) == marshmallow_only(ForecastPayloadSchema()).load(FORECAST)
+
+
+def test_valid_payloads_skip_marshmallows_load_machinery(mocker):
+    # The quick path is the point: a valid payload must not go through Schema._do_load at all.
+    mocker.patch("marshmallow.Schema._do_load", side_effect=AssertionError("marshmallow's load ran"))
+    assert cost_schema.load(COST)["cluster_totals"] == {"vm_count": 3, "current_hourly_cost_gbp": 1.25}
+    assert forecast_schema.load(FORECAST)["namespace"] == "default"
+
+
+def test_an_invalid_payload_still_gets_every_error_at_once():
+    # The quick path stops at the first error; marshmallow's load must then report all of them.
+    payload = modified(COST, lambda p: p.update(source="x", namespace="Bad", extra=1))
+    payload["cluster_totals"]["vm_count"] = 0
+    errors = errors_of(cost_schema, payload)
+    assert set(errors) == {"source", "namespace", "extra", "cluster_totals"}
+    assert errors["cluster_totals"] == {"vm_count": ["Must be greater than or equal to 1."]}
