@@ -156,11 +156,16 @@ end
 """
 
 
+# bucket_index runs for every deployment of every cost payload: its constants are worked out once.
+_BUCKET_SCALE = BUCKET_GROWTH / FIRST_BUCKET_CORES
+_LOG_BUCKET_RATIO = math.log(1 + BUCKET_GROWTH)
+
+
 def bucket_index(cpu: float) -> int:
     """The CPU bucket a value (cores) falls into."""
     if cpu < FIRST_BUCKET_CORES:
         return 0
-    return math.floor(math.log(cpu * BUCKET_GROWTH / FIRST_BUCKET_CORES + 1) / math.log(1 + BUCKET_GROWTH))
+    return math.floor(math.log(cpu * _BUCKET_SCALE + 1) / _LOG_BUCKET_RATIO)
 
 
 def bucket_start(index: int) -> float:
