@@ -104,7 +104,7 @@ def redis_unavailable(exc: RedisError, details: dict[str, Any] | None = None) ->
 def new_request_id() -> str:
     """A fresh request id: 32 random hex digits."""
     # An id to find a request by, not a secret: the random module (reseeded in each forked worker)
-    # costs a tenth of uuid4's read from the kernel's random source, once per request.
+    # costs a sixth of uuid4, which reads the kernel's random source (0.3 against 1.6 µs).
     return f"{random.getrandbits(128):032x}"
 
 

@@ -218,7 +218,7 @@ class StrictSchema(Schema):
         self._keys = frozenset(self.load_fields)
         self._quick_fields = tuple(self.load_fields.items())
         # The quick path assumes what the subclasses declare; a schema that does not is loaded by marshmallow alone.
-        self._quick = not any(self._hooks.values()) and all(
+        self._quick = not self.many and not any(self._hooks.values()) and all(
             field.required and field.data_key is None and field.attribute is None for field in self.load_fields.values()
         )
 

@@ -207,3 +207,10 @@ def test_an_invalid_payload_still_gets_every_error_at_once():
     errors = errors_of(cost_schema, payload)
     assert set(errors) == {"source", "namespace", "extra", "cluster_totals"}
     assert errors["cluster_totals"] == {"vm_count": ["Must be greater than or equal to 1."]}
+
+
+def test_a_many_schema_is_left_to_marshmallow():
+    schema = CostPayloadSchema(many=True)
+    assert schema.load([COST]) == [cost_schema.load(COST)]
+    # One payload where a list is expected is an error, quick path or not.
+    assert errors_of(schema, COST) == {"_schema": ["Invalid input type."]}
