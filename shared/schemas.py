@@ -218,8 +218,13 @@ class StrictSchema(Schema):
         self._keys = frozenset(self.load_fields)
         self._quick_fields = tuple(self.load_fields.items())
         # The quick path assumes what the subclasses declare; a schema that does not is loaded by marshmallow alone.
-        self._quick = not self.many and not any(self._hooks.values()) and all(
-            field.required and field.data_key is None and field.attribute is None for field in self.load_fields.values()
+        self._quick = (
+            not self.many
+            and not any(self._hooks.values())
+            and all(
+                field.required and field.data_key is None and field.attribute is None
+                for field in self.load_fields.values()
+            )
         )
 
     def load(self, data, *, many=None, partial=None, unknown=None):
