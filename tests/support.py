@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,13 +11,16 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import redis
 import requests
 
-from devtools.redis_command import redis_server_argv, sentinel_argv, tls_options
+from devtools.redis_command import redis_server_argv, sentinel_argv, server_binary, supports_tls, tls_options
 from shared.services import COST, FORECAST
 
 ROOT = Path(__file__).resolve().parent.parent
+# Redis Cluster's hash slots, shared out among the primaries.
+CLUSTER_SLOTS = 16384
 
 
 def free_port():
@@ -24,6 +28,17 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def needs_tls():
+    """Skip the test when the redis-server in use (the bundled valkey-server, say) was built without TLS."""
+    return pytest.mark.skipif(not supports_tls(), reason=f"{server_binary()} was built without TLS")
+
+
+def needs_prometheus(binary):
+    """Skip the test when `binary` (promtool or prometheus) is not on PATH; installing it takes root."""
+    reason = f"{binary} is not installed (Debian's prometheus package: `make promtool` as root, as .ci/run does)"
+    return pytest.mark.skipif(shutil.which(binary) is None, reason=reason)
 
 
 def wait_until(check, timeout=10.0, interval=0.05):
@@ -163,7 +178,7 @@ def free_cluster_port():
 
 
 class RedisClusterServers:
-    """Redis Cluster nodes on loopback, joined with redis-cli: `size` primaries with `replicas` each.
+    """Redis Cluster nodes on loopback, joined by `join()`: `size` primaries with `replicas` each.
 
     `node_timeout_ms` is cluster-node-timeout: how long a silent primary takes to be failed over.
     """
@@ -197,20 +212,7 @@ class RedisClusterServers:
         for port in self.ports:
             if not wait_until(self.node(port).ping):
                 raise RuntimeError(f"cluster node on port {port} did not answer")
-        subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{p}" for p in self.ports),
-                "--cluster-replicas",
-                str(self.replicas),
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        self.join()
         if not self.wait_ok(self.ports, timeout=30):
             raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
         for port in self.replica_ports():
@@ -218,6 +220,28 @@ class RedisClusterServers:
             if not synced:
                 raise RuntimeError(f"replica on port {port} did not sync")
         return self
+
+    def join(self):
+        """Make the nodes one cluster as `redis-cli --cluster create` would, with plain CLUSTER commands.
+
+        No redis-cli needed (the bundled valkey-server comes without a CLI): the first `size` ports
+        become primaries with an equal share of the slots, the others their replicas in turn.
+        """
+        size = len(self.ports) // (1 + self.replicas)
+        primaries, replicas = self.ports[:size], self.ports[size:]
+        share = CLUSTER_SLOTS / size
+        for index, port in enumerate(primaries):
+            self.node(port).execute_command("CLUSTER", "ADDSLOTSRANGE", round(index * share), round((index + 1) * share) - 1)
+        for epoch, port in enumerate(self.ports, start=1):
+            # Distinct epochs from the start, as redis-cli sets them: no tie for the nodes to settle first.
+            self.node(port).execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+        for port in self.ports[1:]:
+            self.node(self.ports[0]).execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+        for index, port in enumerate(replicas):
+            primary = self.node(primaries[index % size]).execute_command("CLUSTER", "MYID")
+            # Refused ("Unknown node") until the gossip has told the replica about its primary.
+            if not wait_until(lambda port=port, primary=primary: self.node(port).execute_command("CLUSTER", "REPLICATE", primary), timeout=30):
+                raise RuntimeError(f"node {port} could not become a replica")
 
     def wait_ok(self, ports, timeout):
         """Wait until every node of `ports` says cluster_state:ok; return whether they did."""

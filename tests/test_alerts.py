@@ -12,7 +12,7 @@ import yaml
 from devtools.prometheus_rule import ALERTS, PROMETHEUS_RULE, prometheus_rule
 from shared.services import COST
 from tests.conftest import COST_TOKEN
-from tests.support import ROOT, GunicornService, PrometheusServer, wait_until
+from tests.support import ROOT, GunicornService, PrometheusServer, needs_prometheus, wait_until
 from tests.test_dashboard import queries as dashboard_queries
 
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
@@ -21,10 +21,8 @@ SELECTOR = re.compile(r"\b(aggregator_[a-z_]+)(?:\{([^}]*)\})?")
 
 
 def promtool(*args):
-    """Run promtool (`make test` installs it); return the finished process."""
-    binary = shutil.which("promtool")
-    assert binary, "promtool is not installed: `make test` installs it (Debian package prometheus)"
-    return subprocess.run([binary, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    """Run promtool (tests that call this carry needs_prometheus("promtool")); return the finished process."""
+    return subprocess.run(["promtool", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def alert_rules():
@@ -32,11 +30,13 @@ def alert_rules():
     return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
 
 
+@needs_prometheus("promtool")
 def test_the_rules_pass_promtools_checks():
     done = promtool("check", "rules", str(ALERTS))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@needs_prometheus("promtool")
 def test_each_alert_fires_on_the_first_failure_and_stays_quiet_on_healthy_traffic():
     done = promtool("test", "rules", str(ALERT_TESTS))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -120,6 +120,7 @@ def test_every_series_the_alerts_read_exists_at_zero_when_the_service_starts(cos
 
 @pytest.mark.prometheus
 @pytest.mark.gunicorn
+@needs_prometheus("prometheus")
 def test_a_real_prometheus_alerts_on_the_first_failed_delivery(cost_under_gunicorn, receiver, tmp_path, cost_payload):
     target = cost_under_gunicorn.url.removeprefix("http://")
     prometheus = PrometheusServer(tmp_path / "prometheus", [target], rule_files=[ALERTS]).start()

@@ -4,7 +4,9 @@ import pytest
 
 from cost_service import create_app as create_cost_app
 from tests.conftest import COST_TOKEN, auth
-from tests.support import RedisServer, free_port, make_certificates
+from tests.support import RedisServer, free_port, make_certificates, needs_tls
+
+pytestmark = needs_tls()
 
 
 @pytest.fixture(scope="module")

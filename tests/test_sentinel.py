@@ -19,7 +19,7 @@ import requests
 
 from cost_service import create_app as create_cost_app
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
-from tests.support import RedisSentinelSet, both_services, make_certificates, wait_until
+from tests.support import RedisSentinelSet, both_services, make_certificates, needs_tls, wait_until
 from tests.test_redis_restart import BASE, payload
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.sentinel]
@@ -241,6 +241,7 @@ def test_sentinels_and_data_nodes_with_passwords(sentinels_with_passwords, recei
     assert wrong.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN)).status_code == 503
 
 
+@needs_tls()
 def test_sentinels_and_data_nodes_over_tls(tmp_path, receiver, cost_payload):
     certificates = make_certificates(tmp_path / "pki")
     servers = RedisSentinelSet(tmp_path / "sentinel", master_name=MASTER, tls=certificates).start()
