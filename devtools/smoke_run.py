@@ -6,6 +6,7 @@ system Python runs it before any virtualenv exists. When a step fails it prints 
 printed, stops whatever `make run` started, and exits 1.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -103,7 +104,7 @@ def smoke(make, output, token):
     status, body = post_seed(TOKEN_LINE.search(output.read_text()).group(1))
     if status != 201 or json.loads(body).get("triggered") != ["adservice"]:
         raise SmokeFailed(f"the seed cost payload got {status} {body}, not 201 with adservice triggered")
-    wait_for("trigger line for adservice from the receiver", lambda: TRIGGER_LINE.search(output.read_text()), TRIGGER_TIMEOUT, make)
+    wait_for("a trigger line for adservice", lambda: TRIGGER_LINE.search(output.read_text()), TRIGGER_TIMEOUT, make)
     print("smoke: the seed cost payload got 201 and the receiver printed adservice's trigger", flush=True)
 
     # Ctrl-C in a terminal goes to the whole foreground process group, make and run_local alike.
@@ -113,7 +114,8 @@ def smoke(make, output, token):
         make.wait(timeout=STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise SmokeFailed(f"make run still running {STOP_TIMEOUT:.0f} s after Ctrl-C") from None
-    print(f"smoke: make run exited {time.monotonic() - stopping:.1f} s after Ctrl-C (code {make.returncode})", flush=True)
+    took = time.monotonic() - stopping
+    print(f"smoke: make run exited {took:.1f} s after Ctrl-C (code {make.returncode})", flush=True)
 
     ports = (*SERVICE_PORTS, RECEIVER_PORT)
     deadline = time.monotonic() + 5
@@ -162,15 +164,11 @@ def stop_leftovers(make, token):
     """After a failure: Ctrl-C for make run, then SIGKILL for whatever of it is still alive."""
     if make.poll() is None:
         os.killpg(make.pid, signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             make.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
     for pid in marked_processes(token):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 if __name__ == "__main__":

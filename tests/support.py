@@ -231,16 +231,17 @@ class RedisClusterServers:
         primaries, replicas = self.ports[:size], self.ports[size:]
         share = CLUSTER_SLOTS / size
         for index, port in enumerate(primaries):
-            self.node(port).execute_command("CLUSTER", "ADDSLOTSRANGE", round(index * share), round((index + 1) * share) - 1)
+            first, last = round(index * share), round((index + 1) * share) - 1
+            self.node(port).execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
         for epoch, port in enumerate(self.ports, start=1):
             # Distinct epochs from the start, as redis-cli sets them: no tie for the nodes to settle first.
             self.node(port).execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
         for port in self.ports[1:]:
             self.node(self.ports[0]).execute_command("CLUSTER", "MEET", "127.0.0.1", port)
         for index, port in enumerate(replicas):
-            primary = self.node(primaries[index % size]).execute_command("CLUSTER", "MYID")
+            replicate = ("CLUSTER", "REPLICATE", self.node(primaries[index % size]).execute_command("CLUSTER", "MYID"))
             # Refused ("Unknown node") until the gossip has told the replica about its primary.
-            if not wait_until(lambda port=port, primary=primary: self.node(port).execute_command("CLUSTER", "REPLICATE", primary), timeout=30):
+            if not wait_until(lambda port=port, replicate=replicate: self.node(port).execute_command(*replicate), 30):
                 raise RuntimeError(f"node {port} could not become a replica")
 
     def wait_ok(self, ports, timeout):

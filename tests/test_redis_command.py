@@ -1,4 +1,4 @@
-"""Which server binary the tests, `make run` and the benchmark start: the one on PATH, else the bundled valkey-server."""
+"""The server binary the tests, `make run` and the benchmark start: the one on PATH, else the bundled valkey-server."""
 
 import pytest
 
