@@ -18,7 +18,8 @@ class AgentReceiver:
     Every call is kept in `calls` (headers, body, the status answered); the messages it accepted
     (2xx) in `messages`. `status`, `delay` and `script` (a list of (status, headers) answers
     used in turn before `status`) make it fail or hang for tests; `arrived` is set as soon as a
-    call's body is read, before any `delay`, so a test can act while the caller waits. With a
+    call's body is read, before any `delay`, and `arrivals` keeps each such body (parsed), so a
+    test can act while the caller waits, knowing what it sent. With a
     Standard Webhooks `secret`, a call whose signature does not verify is answered 401 and not accepted.
     """
 
@@ -26,7 +27,7 @@ class AgentReceiver:
         self.status, self.delay, self.on_message, self.on_reject = status, delay, on_message, on_reject
         self.verifier = Webhook(secret) if secret else None
         self.script = []
-        self.calls, self.messages, self.headers = [], [], []
+        self.calls, self.messages, self.headers, self.arrivals = [], [], [], []
         self.arrived = threading.Event()
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer((host, port), self._handler_class())
@@ -70,13 +71,15 @@ class AgentReceiver:
             def do_POST(self):
                 try:
                     body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                    json.loads(body)
+                    arrival = json.loads(body)
                 except ValueError:
                     # A stand-in still answers like a real service: bad input is a 400, not a dropped connection.
                     if receiver.on_reject:
                         receiver.on_reject(400, self.headers.get("webhook-id"), "the body is not JSON")
                     self._reply(400, {})
                     return
+                with receiver._lock:
+                    receiver.arrivals.append(arrival)
                 receiver.arrived.set()
                 if receiver.delay:
                     time.sleep(receiver.delay)

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from shared.config import ConfigError, parse_store_settings, parse_webhook_settings
 from shared.redelivery import redeliver
 from shared.redis_connection import REDIS_UNAVAILABLE, connect_redis
-from shared.state import FAILED_KEEP, StateRepository
+from shared.state import FAILED_KEEP, StateRepository, claim_lease_seconds
 from shared.webhook import AgentWebhook
 
 
@@ -89,7 +89,11 @@ def redeliver_command(namespaces: tuple[str, ...], webhook_id: str | None, limit
     with one_line_errors():
         settings, repository = _store()
         namespaces = _namespaces(settings, namespaces)
-        webhook = AgentWebhook.from_settings(parse_webhook_settings(current_app.config))
+        webhook_settings = parse_webhook_settings(current_app.config)
+        webhook = AgentWebhook.from_settings(webhook_settings)
+        # Claims held while sending: for what this delivery and its Redis steps may take.
+        lease = claim_lease_seconds(settings.redis_timeout, webhook_settings.webhook_budget)
+        repository = StateRepository(repository.redis, settings.cooldown_seconds, claim_lease_seconds=lease)
         pending = []
         for namespace in namespaces:
             records = repository.failed_triggers(namespace, FAILED_KEEP if webhook_id else limit)

@@ -6,9 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from shared.recommend import DEFAULT_CPU_MEMORY_PRICE_RATIO, price, recommend
 from shared.rules import Thresholds, cooldown_remaining, has_risk
-from shared.state import SavedPayload, StateRepository
+from shared.state import Claims, SavedPayload, StateRepository
 from shared.webhook import AgentWebhook, Delivery, build_trigger, utc_now_iso
 
 log = logging.getLogger("aggregator")
@@ -49,6 +52,7 @@ class IngestResult:
     not_evaluated: list[dict[str, str]]  # stored, but the rules could not run, and why
     firing: dict[str, list[dict[str, Any]]]  # deployment -> reasons, for every deployment whose rules fired
     delivery: Delivery | None = None  # when a trigger was sent
+    reclaimed: tuple[str, ...] = ()  # sent over a claim an earlier request left unsettled: maybe a duplicate
 
     @property
     def delivery_status(self) -> str:
@@ -87,12 +91,17 @@ class Aggregator:
         namespace = payload["namespace"]
         saved = source.save(self.repository, payload)
         firing, not_evaluated = self._evaluate(source, saved)
-        claimed, escalated = self._claim(namespace, firing, saved, now)
-        sent = claimed + escalated
+        claims = self._claim(namespace, firing, saved, now)
+        sent = claims.sent
         outcome = None
         if sent:
-            message, outcome = self._deliver(source, namespace, saved, firing, claimed, escalated, request_id, now)
-            self._settle(namespace, claimed, escalated, now, message, outcome, request_id)
+            if claims.reclaimed:
+                log.warning(
+                    "sending again what an unsettled claim may have sent already",
+                    extra={"request_id": request_id, "deployments": claims.reclaimed},
+                )
+            message, outcome = self._deliver(source, namespace, saved, firing, claims, request_id)
+            self._settle(namespace, claims, message, outcome, request_id)
         sent_names = set(sent)
         return IngestResult(
             deployments=len(payload["deployments"]),
@@ -102,6 +111,7 @@ class Aggregator:
             not_evaluated=not_evaluated,
             firing=firing,
             delivery=outcome,
+            reclaimed=tuple(claims.reclaimed),
         )
 
     def _evaluate(self, source: Source, saved: SavedPayload) -> tuple[dict[str, list[dict]], list[dict[str, str]]]:
@@ -117,17 +127,15 @@ class Aggregator:
                 firing[name] = reasons
         return firing, not_evaluated
 
-    def _claim(
-        self, namespace: str, firing: dict[str, list[dict]], saved: SavedPayload, now: float
-    ) -> tuple[list[str], list[str]]:
-        """Claim the cooldown windows of the firing deployments that are due; return (claimed, escalated)."""
+    def _claim(self, namespace: str, firing: dict[str, list[dict]], saved: SavedPayload, now: float) -> Claims:
+        """Claim the cooldown windows of the firing deployments that are due."""
         # The hash's last_trigger shows a delivered window without asking Redis; inside it only a risk
         # rule may still get through, as an escalation. The rest (no window seen, or a risk) go to
         # the claim script, which also sees windows whose trigger is still in flight.
         cooldown = self.repository.cooldown_seconds
         risky = {name for name, reasons in firing.items() if has_risk(reasons)}
         due = [name for name in firing if name in risky or not cooldown_remaining(saved.states[name], now, cooldown)]
-        return self.repository.claim(namespace, due, risky, now) if due else ([], [])
+        return self.repository.claim(namespace, due, risky, now) if due else Claims(now, 0.0)
 
     def _deliver(
         self,
@@ -135,16 +143,14 @@ class Aggregator:
         namespace: str,
         saved: SavedPayload,
         firing: dict[str, list[dict]],
-        claimed: list[str],
-        escalated: list[str],
+        claims: Claims,
         request_id: str,
-        now: float,
     ) -> tuple[dict, Delivery]:
         """Build the trigger for what was claimed and send it; return (message, outcome).
 
-        Whatever stops us before an outcome gives the claims back first.
+        Whatever stops us before an outcome gives the claims back first, if Redis still answers.
         """
-        sent, escalated_names = claimed + escalated, set(escalated)
+        sent, escalated_names = claims.sent, set(claims.escalated)
         try:
             # Read here, for the few deployments triggered, so the storing script stays lean.
             histories = self.repository.histories(namespace, sent)
@@ -153,48 +159,47 @@ class Aggregator:
                 namespace,
                 saved.cluster,
                 [
-                    self._item(namespace, name, firing[name], saved, histories[name], name in escalated_names)
+                    self._item(
+                        namespace, name, firing[name], saved, histories[name], claims.ids[name], name in escalated_names
+                    )
                     for name in sent
                 ],
             )
             return message, self.webhook.deliver(message, request_id)
+        except (RedisTimeoutError, RedisConnectionError):
+            # Redis did not answer within the request's Redis time: a release would wait out the
+            # same stall again. The claims free themselves when their lease ends.
+            log.warning("claims left to their lease: redis did not answer", extra={"request_id": request_id})
+            raise
         except BaseException:
-            # Whatever stops us before an outcome (Redis refusing the history read, a bug, the
+            # Whatever else stops us before an outcome (Redis refusing the history read, a bug, the
             # worker being told to exit) must not leave windows claimed with nothing sent: give
             # them back, so a resend triggers.
-            self._release_after_failure(namespace, claimed, escalated, now, request_id)
+            self._release_after_failure(namespace, claims, request_id)
             raise
 
-    def _settle(
-        self,
-        namespace: str,
-        claimed: list[str],
-        escalated: list[str],
-        now: float,
-        message: dict,
-        outcome: Delivery,
-        request_id: str,
-    ) -> None:
-        """Note a delivered window's last trigger; or give a failed delivery's claims back and keep its record."""
+    def _settle(self, namespace: str, claims: Claims, message: dict, outcome: Delivery, request_id: str) -> None:
+        """Keep a delivered trigger's claims for their window; or give a failed one's back and keep its record."""
         if outcome.ok:
-            self.repository.settle_delivered(namespace, claimed, now)
+            self.repository.settle_delivered(namespace, claims)
         else:
             record = failed_record(message, outcome, request_id)
-            self.repository.settle_failed(namespace, claimed, escalated, now, record)
+            self.repository.settle_failed(namespace, claims, record)
 
-    def _release_after_failure(self, namespace, claimed, escalated, now, request_id):
+    def _release_after_failure(self, namespace: str, claims: Claims, request_id: str) -> None:
         """Give back the claims of a request that is failing; the original error is the one to report."""
         try:
-            self.repository.release(namespace, claimed, escalated, now)
+            self.repository.release(namespace, claims)
         except Exception:
-            log.exception("claims not released; they expire with the cooldown", extra={"request_id": request_id})
+            log.exception("claims not released; they expire with their lease", extra={"request_id": request_id})
 
-    def _item(self, namespace, name, reasons, saved, history, escalation):
+    def _item(self, namespace, name, reasons, saved, history, item_id, escalation):
         """One entry of the trigger: why, the stored state, and what to do about it at what price."""
         state = saved.states[name]
         skew = self.thresholds.max_state_skew_seconds
         recommendation = recommend(namespace, name, state, self.headroom, history, skew)
         item = {
+            "id": item_id,
             "deployment": name,
             "reasons": reasons,
             "state": state,

@@ -43,6 +43,12 @@ WEBHOOK_DURATION = Histogram(
     buckets=WEBHOOK_BUCKETS,
 )
 REDIS_ERRORS = Counter("aggregator_redis_errors", "Requests that found Redis unavailable.", ["service"])
+RECLAIMED = Counter(
+    "aggregator_triggers_reclaimed",
+    "Deployments sent over a claim an earlier request left unsettled (it died, or Redis lost its settle):"
+    " the agent may get that item twice, under the same id.",
+    ["service"],
+)
 
 TRIGGER_OUTCOMES = ("delivered", "failed", "cooldown")
 # The statuses the alerts and the dashboard single out (deploy/prometheus/alerts.yml).
@@ -60,6 +66,7 @@ def start_series(service: str) -> None:
     for outcome in TRIGGER_OUTCOMES:
         TRIGGERS.labels(service, outcome)
     REDIS_ERRORS.labels(service)
+    RECLAIMED.labels(service)
     REQUEST_DURATION.labels(service)
     WEBHOOK_DURATION.labels(service)
     DEPLOYMENTS_INGESTED.labels(service)
@@ -91,6 +98,8 @@ def record_ingest(service: str, result: "IngestResult") -> None:
         outcome = "delivered" if result.delivery.ok else "failed"
         child(TRIGGERS, service, outcome).inc(len(result.triggered))
         child(WEBHOOK_DURATION, service).observe(result.delivery.seconds)
+    if result.reclaimed:
+        child(RECLAIMED, service).inc(len(result.reclaimed))
 
 
 def record_request(service: str, status: int, seconds: float) -> None:

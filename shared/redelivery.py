@@ -55,12 +55,14 @@ def redeliver(
         for name, item in items.items()
         if item.get("escalation") and name in running and running[name][0] <= built_at
     }
-    claimed, escalated = repository.claim(namespace, list(items), risky, now)
-    result.sent = claimed + escalated
+    # The items keep their ids: the agent may have seen them before the delivery failed.
+    ids = {name: item["id"] for name, item in items.items() if item.get("id")}
+    claims = repository.claim(namespace, list(items), risky, now, ids)
+    result.sent = claims.sent
     result.superseded = [name for name in items if name not in result.sent]
 
     if result.sent:
-        escalated_names = set(escalated)
+        escalated_names = set(claims.escalated)
         triggers = []
         for name in result.sent:
             item = {key: value for key, value in items[name].items() if key != "escalation"}
@@ -70,10 +72,10 @@ def redeliver(
         message = {**message, "triggers": triggers}
         result.delivery = webhook.deliver(message, record.get("request_id") or uuid.uuid4().hex, webhook_id)
         if result.delivery.ok:
-            repository.settle_delivered(namespace, claimed, now)
+            repository.settle_delivered(namespace, claims)
         else:
             again = failed_record(message, result.delivery, record.get("request_id"))
-            repository.settle_failed(namespace, claimed, escalated, now, again)
+            repository.settle_failed(namespace, claims, again)
     # Delivered, superseded or replaced by its newer failure: the old record has done its job.
     repository.remove_failed(namespace, record)
     return result

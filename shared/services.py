@@ -9,7 +9,7 @@ from shared.ingest import Aggregator, Source
 from shared.redis_connection import connect_redis
 from shared.rules import cost_gap, evaluate_cost, evaluate_forecast, forecast_gap
 from shared.schemas import CostPayloadSchema, ForecastPayloadSchema, PayloadSchema
-from shared.state import StateRepository
+from shared.state import StateRepository, claim_lease_seconds
 from shared.webhook import AgentWebhook
 
 
@@ -78,6 +78,7 @@ def build_service(spec: ServiceSpec, settings: Settings) -> Service:
         connect_redis(settings),
         settings.cooldown_seconds,
         history_half_life_seconds=settings.history_half_life_hours * 3600,
+        claim_lease_seconds=claim_lease_seconds(settings.redis_timeout, settings.webhook_budget),
     )
     return Service(
         name=spec.package,

@@ -19,25 +19,37 @@ Keys (their names are a contract: other systems read them):
 - ``{app:{namespace}:{name}}:history`` hash: the deployment's usage history (fields listed in
   shared/history.py), hash-tagged into its app key's slot and updated by the same script that
   stores a cost sample; expires 8 days after its last sample.
-- ``trigger:{namespace}:{name}``: Unix seconds of the last trigger claim; expires after the
-  cooldown. Setting it (``SET NX EX``) is what claims a deployment's cooldown window.
+- ``trigger:{namespace}:{name}``: Unix seconds of the last trigger claim. Setting it (``SET NX
+  PX``) is what claims a deployment's cooldown window. It is taken for a short lease (the claim
+  lease: what the request may still spend on its delivery and its Redis steps) and given the rest
+  of the cooldown only when the delivery is settled, so that a claim whose request dies, or whose
+  settle Redis never hears, frees itself within the lease instead of silencing the deployment for
+  the whole cooldown.
 - ``{trigger:{namespace}:{name}}:escalation``: set when a risk rule has been claimed inside the
   current window (by the claim that opened it, or by an escalation), so that a window is escalated
-  by a risk rule at most once. Its hash tag is the cooldown key's full name: the two share a slot,
-  so one script decides "open a window" or "escalate it" atomically.
+  by a risk rule at most once. Leased like the window, then kept until the window's end. Its hash
+  tag is the cooldown key's full name: the two share a slot, so one script decides "open a window"
+  or "escalate it" atomically.
+- ``{trigger:{namespace}:{name}}:pending`` hash: ``window`` and ``escalation``, the trigger item id
+  of a claim not yet settled or released. A claim that finds one left behind (its request died,
+  or its settle was lost after a delivery) sends its item again under the same id, so the agent can
+  tell a possible duplicate; expires after the cooldown.
 - ``triggers:{namespace}:failed``: list of JSON records of deliveries that failed for good,
   newest first, capped at 1000 entries.
 
-Every atomic step touches the keys of one slot: one key, or a key and its hash-tagged companion
-(a timestamp, a usage history, an escalation). The layout therefore works unchanged on Redis Cluster, where the
-``app:`` and ``trigger:`` keys of one deployment live on different nodes. Each step of a request
-(store, claim, settle) is one script call over all its deployments on a single Redis, and one
-call per node on a cluster (shared/batch.py), whatever the number of deployments.
+Every atomic step touches the keys of one slot: one key, or a key and its hash-tagged companions
+(a timestamp, a usage history, an escalation and the pending ids). The layout therefore works
+unchanged on Redis Cluster, where the ``app:`` and ``trigger:`` keys of one deployment live on
+different nodes. Each step of a request (store, claim, settle) is one script call over all its
+deployments on a single Redis, and one call per node on a cluster (shared/batch.py), whatever the
+number of deployments.
 """
 
 import contextlib
 import json
-from collections.abc import Collection, Sequence
+import time
+import uuid
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -58,11 +70,23 @@ READ_BACK = {
     "forecast_timestamp": (*COST_FIELDS, "cost_timestamp", "last_trigger"),
 }
 
-# Unit kinds of the save and release scripts.
+# Unit kinds of the save and settle scripts.
 ROW, ITEM = 0, 1
-# How a failed delivery releases a deployment's claims (see RELEASE).
-RELEASE_WINDOW, RELEASE_ESCALATION, RELEASE_BOTH = "1", "2", "3"
+# How a claim is given back or settled (see RELEASE and SETTLE): a window, a window opened by a
+# risk rule (its escalation key is ours too), an escalation of a running window.
+WINDOW, RISKY_WINDOW, ESCALATION = "w", "r", "e"
 CLAIMED, ESCALATED = 1, 2
+
+
+def claim_lease_seconds(redis_timeout: float, webhook_budget: float) -> float:
+    """How long a claim holds before it is settled: what its request may still spend after claiming."""
+    # The claim's own reply (one timeout), the history read and the settle (a timeout and its one
+    # retry each), the delivery's whole budget, and a second for the rest (building the message,
+    # the watchdog's grace). A request that outlives this may see its deployment claimed again.
+    return webhook_budget + 5 * redis_timeout + 1
+
+
+DEFAULT_CLAIM_LEASE_SECONDS = claim_lease_seconds(2, 5)
 
 # Store one payload. Arguments: the counts of rows, keys per row and items; the item mode ('set'
 # for cost, 'get' for forecast); the timestamp field and the payload's timestamp; the count and
@@ -138,13 +162,16 @@ return out
 
 # Claim, per deployment, its cooldown window, or else escalate the running window when a risk
 # rule fired, in one atomic step: a risk rule met inside any window, whether its trigger is in
-# flight or delivered, is escalated exactly once. KEYS: per deployment its cooldown key and its
-# escalation key (one slot). ARGV: now, the cooldown, then per deployment '1' when a risk rule
-# fired. Answers per deployment 1 (window claimed), 2 (escalated) or 0 (held). A window opened by
-# a risk rule is marked escalated at once: its own trigger carries the risk.
+# flight or delivered, is escalated exactly once. Both are taken for the lease only (SETTLE gives
+# them the rest of the window). KEYS: per deployment its cooldown key, escalation key and pending
+# key (one slot). ARGV: now, the lease in ms, the cooldown, then per deployment '1' when a risk
+# rule fired and the trigger item id it would go out with. Answers per deployment 0 (held), or
+# {1 (window claimed) or 2 (escalated), the item id to send, 1 when that id is one an earlier
+# unsettled claim left behind (else 0)}. A window opened by a risk rule is marked escalated at
+# once: its own trigger carries the risk.
 CLAIM = Script(
     f"""{PROLOGUE}
-local now, cooldown = A[ao + 1], A[ao + 2]
+local now, lease, cooldown = A[ao + 1], tonumber(A[ao + 2]), A[ao + 3]
 if ko == 1 then
   -- Keys of several slots on one cluster node: read each first, so that a key the node no longer
   -- serves fails the script before it claims anything, and the retry key by key finds no claim
@@ -154,15 +181,32 @@ if ko == 1 then
   end
 end
 local out = {{}}
-for i = 1, nk / 2 do
-  local window, escalation, risk = K[ko + 2 * i - 1], K[ko + 2 * i], A[ao + 2 + i] == '1'
-  if redis.call('SET', window, now, 'NX', 'EX', cooldown) then
+for i = 1, nk / 3 do
+  local window, escalation, pending = K[ko + 3 * i - 2], K[ko + 3 * i - 1], K[ko + 3 * i]
+  local risk, id = A[ao + 2 * i + 2] == '1', A[ao + 2 * i + 3]
+  local won, slot = 0, nil
+  if redis.call('SET', window, now, 'NX', 'PX', lease) then
     if risk then
-      redis.call('SET', escalation, now, 'EX', cooldown)
+      redis.call('SET', escalation, now, 'PX', lease)
     end
-    out[i] = 1
-  elseif risk and redis.call('SET', escalation, now, 'NX', 'EX', math.max(1, redis.call('TTL', window))) then
-    out[i] = 2
+    -- A new window: an escalation left pending belongs to the one before.
+    redis.call('HDEL', pending, 'escalation')
+    won, slot = 1, 'window'
+  elseif risk then
+    local left = redis.call('PTTL', window)
+    if redis.call('SET', escalation, now, 'NX', 'PX', left > 0 and math.min(lease, left) or lease) then
+      won, slot = 2, 'escalation'
+    end
+  end
+  if slot then
+    local prior = redis.call('HGET', pending, slot)
+    if prior then
+      out[i] = {{won, prior, 1}}
+    else
+      redis.call('HSET', pending, slot, id)
+      out[i] = {{won, id, 0}}
+    end
+    redis.call('EXPIRE', pending, cooldown)
   else
     out[i] = 0
   end
@@ -171,12 +215,49 @@ return out
 """
 )
 
-# After a delivery: last_trigger on each claimed window's app hash. KEYS: app keys; ARGV[1]: now.
+# After a delivery: last_trigger on each claimed window's app hash, and each claim still ours
+# (its key holds our value) kept for the rest of its window instead of its lease. KEYS: the app
+# keys, then per claim its cooldown, escalation and pending keys. ARGV: our value, the window's
+# milliseconds left, now, the cooldown, the count of app keys, then per claim its WINDOW,
+# RISKY_WINDOW or ESCALATION flag. An escalation ends with its window: the window's value is when
+# it was claimed.
 SETTLE = Script(
     f"""{PROLOGUE}
+local value, left, now, cooldown = A[ao + 1], tonumber(A[ao + 2]), tonumber(A[ao + 3]), tonumber(A[ao + 4])
+local apps = tonumber(A[ao + 5])
+local function keep(key, ms)
+  if ms > 0 then
+    redis.call('PEXPIRE', key, ms)
+  else
+    redis.call('DEL', key)
+  end
+end
 local out = {{}}
-for i = 1, nk do
-  out[i] = redis.call('HSET', K[ko + i], 'last_trigger', A[ao + 1])
+for i = 1, apps do
+  out[i] = redis.call('HSET', K[ko + i], 'last_trigger', value)
+end
+for i = 1, (nk - apps) / 3 do
+  local k = ko + apps + 3 * i - 3
+  local window, escalation, pending = K[k + 1], K[k + 2], K[k + 3]
+  local flag, done = A[ao + 5 + i], 0
+  if flag == '{ESCALATION}' then
+    if redis.call('GET', escalation) == value then
+      local opened = tonumber(redis.call('GET', window))
+      if opened then
+        keep(escalation, math.floor((opened + cooldown - now) * 1000))
+      end
+      redis.call('HDEL', pending, 'escalation')
+      done = 1
+    end
+  elseif redis.call('GET', window) == value then
+    keep(window, left)
+    if flag == '{RISKY_WINDOW}' and redis.call('GET', escalation) == value then
+      keep(escalation, left)
+    end
+    redis.call('HDEL', pending, 'window')
+    done = 1
+  end
+  out[apps + i] = done
 end
 return out
 """
@@ -184,24 +265,29 @@ return out
 
 # Give back claims, each only while it still holds our value: a later claim must survive our
 # failure. Then, optionally, keep a failed delivery's record. ARGV: our value, the count of
-# release units, each one's RELEASE_* flag, then the record. KEYS: per release unit its cooldown
-# key and escalation key, then the failed list.
+# release units, each one's WINDOW, RISKY_WINDOW or ESCALATION flag, then the record. KEYS: per
+# release unit its cooldown, escalation and pending keys, then the failed list.
 RELEASE = Script(
     f"""{PROLOGUE}
 local value, releases = A[ao + 1], tonumber(A[ao + 2])
 local out = {{}}
 for i = 1, releases do
+  local window, escalation, pending = K[ko + 3 * i - 2], K[ko + 3 * i - 1], K[ko + 3 * i]
   local flag, done = A[ao + 2 + i], 0
-  for j, mask in ipairs({{'{RELEASE_WINDOW}', '{RELEASE_ESCALATION}'}}) do
-    local key = K[ko + 2 * i - 2 + j]
-    if (flag == mask or flag == '{RELEASE_BOTH}') and redis.call('GET', key) == value then
-      done = done + redis.call('DEL', key)
+  if flag ~= '{ESCALATION}' and redis.call('GET', window) == value then
+    done = done + redis.call('DEL', window)
+    redis.call('HDEL', pending, 'window')
+  end
+  if flag ~= '{WINDOW}' and redis.call('GET', escalation) == value then
+    done = done + redis.call('DEL', escalation)
+    if flag == '{ESCALATION}' then
+      redis.call('HDEL', pending, 'escalation')
     end
   end
   out[i] = done
 end
-if nk > 2 * releases then
-  local failed = K[ko + 2 * releases + 1]
+if nk > 3 * releases then
+  local failed = K[ko + 3 * releases + 1]
   redis.call('LPUSH', failed, A[ao + 3 + releases])
   redis.call('LTRIM', failed, 0, {FAILED_KEEP - 1})
   out[releases + 1] = 1
@@ -221,6 +307,35 @@ def decode(raw: bytes) -> float:
     return int(raw) if raw.isdigit() else float(raw)
 
 
+@dataclass(frozen=True)
+class Claims:
+    """What one claim step won, and what settling or giving it back needs."""
+
+    now: float  # the claims' time: their keys hold str(int(now))
+    started: float  # time.monotonic() when the claim was sent: the window's time is counted from it
+    claimed: list[str] = field(default_factory=list)  # windows opened
+    escalated: list[str] = field(default_factory=list)  # running windows escalated by a risk rule
+    risky: frozenset[str] = frozenset()  # of `claimed`, those opened by a risk rule (escalated at once)
+    ids: dict[str, str] = field(default_factory=dict)  # the trigger item id each deployment won goes out with
+    reclaimed: list[str] = field(default_factory=list)  # won over a claim left unsettled: maybe sent twice
+
+    @property
+    def sent(self) -> list[str]:
+        """Every deployment won: the windows, then the escalations."""
+        return self.claimed + self.escalated
+
+    @property
+    def value(self) -> str:
+        """What the claims' keys hold while they are ours."""
+        return str(int(self.now))
+
+    def flags(self) -> list[tuple[str, str]]:
+        """(name, WINDOW, RISKY_WINDOW or ESCALATION) for each deployment won."""
+        return [(name, RISKY_WINDOW if name in self.risky else WINDOW) for name in self.claimed] + [
+            (name, ESCALATION) for name in self.escalated
+        ]
+
+
 @dataclass
 class SavedPayload:
     """What a payload left in Redis: the state of each deployment written, and those skipped."""
@@ -233,11 +348,19 @@ class SavedPayload:
 class StateRepository:
     """Reads and writes aggregator state in Redis; see the module docstring for the keys."""
 
-    def __init__(self, redis, cooldown_seconds, history_half_life_seconds: float | None = DEFAULT_HALF_LIFE_SECONDS):
+    def __init__(
+        self,
+        redis,
+        cooldown_seconds,
+        history_half_life_seconds: float | None = DEFAULT_HALF_LIFE_SECONDS,
+        claim_lease_seconds: float = DEFAULT_CLAIM_LEASE_SECONDS,
+    ):
         """`history_half_life_seconds=None` keeps no usage history (the benchmark's baseline)."""
         self.redis = redis
         self.cooldown_seconds = cooldown_seconds
         self.history_half_life_seconds = history_half_life_seconds
+        # A lease longer than the window would outlast it: then the window is the lease.
+        self.claim_lease_ms = int(min(claim_lease_seconds, cooldown_seconds) * 1000)
         self.runner = runner_for(redis)
 
     # Key names live here and nowhere else.
@@ -260,6 +383,19 @@ class StateRepository:
     def escalation_key(cls, namespace: str, name: str) -> str:
         """The key marking that a risk rule was claimed in the deployment's window; in its slot."""
         return f"{{{cls.trigger_key(namespace, name)}}}:escalation"
+
+    @classmethod
+    def pending_key(cls, namespace: str, name: str) -> str:
+        """The ids of the deployment's claims not yet settled or released; in its cooldown key's slot."""
+        return f"{{{cls.trigger_key(namespace, name)}}}:pending"
+
+    def claim_keys(self, namespace: str, name: str) -> tuple[str, str, str]:
+        """The keys of one deployment's claims, all in one slot: cooldown, escalation, pending."""
+        return (
+            self.trigger_key(namespace, name),
+            self.escalation_key(namespace, name),
+            self.pending_key(namespace, name),
+        )
 
     @staticmethod
     def failed_key(namespace: str) -> str:
@@ -366,74 +502,81 @@ class StateRepository:
         return {name: decode_history(flat) for name, flat in zip(names, replies)}
 
     def claim(
-        self, namespace: str, names: Sequence[str], risky: Collection[str], now: float
-    ) -> tuple[list[str], list[str]]:
-        """For each of `names`, claim its cooldown window, or else escalate its running window when
-        it is in `risky` (a risk rule fired); atomically per deployment, so that of any number of
-        concurrent requests one wins each window and one each escalation. Returns (claimed, escalated).
-
-        On a cluster, if some node's call fails, what the others claimed is released before raising:
-        a claim is never left held without a delivery attempt.
-        """
-        value = str(int(now))
-        units = [
-            Unit(
-                (self.trigger_key(namespace, name), self.escalation_key(namespace, name)),
-                ("1" if name in risky else "0",),
-            )
-            for name in names
-        ]
-        replies = self.runner.run(CLAIM, units, lambda _: [value, self.cooldown_seconds])
-        claimed = [name for name, reply in zip(names, replies) if reply == CLAIMED]
-        escalated = [name for name, reply in zip(names, replies) if reply == ESCALATED]
-        if any(isinstance(reply, Exception) for reply in replies):
-            # The claim's own error is the one to report; a release that fails too leaves the
-            # claims to expire with the cooldown, as any failed release does.
-            with contextlib.suppress(RedisError):
-                self.release(namespace, claimed, escalated, now)
-            raise_first(replies)
-        return claimed, escalated
-
-    def release(
         self,
         namespace: str,
-        claimed: Sequence[str],
-        escalated: Sequence[str],
+        names: Sequence[str],
+        risky: Collection[str],
         now: float,
-        record: dict | None = None,
-    ) -> None:
-        """Give back the claims made at `now` (those still ours), so that a resend can claim them
-        again; with `record`, also keep it in the failed list for people to read."""
-        value = str(int(now))
-        escalations = set(escalated)
+        ids: Mapping[str, str] | None = None,
+    ) -> Claims:
+        """For each of `names`, claim its cooldown window, or else escalate its running window when
+        it is in `risky` (a risk rule fired); atomically per deployment, so that of any number of
+        concurrent requests one wins each window and one each escalation. Each claim holds for the
+        claim lease until settle_delivered() or release(). `ids` gives the trigger item id a
+        deployment goes out with (a fresh one otherwise); a claim left unsettled before keeps its own.
+
+        On a cluster, if some node's call fails, what the others claimed is released before raising.
+        """
+        ids = ids or {}
         units = [
-            Unit(
-                (self.trigger_key(namespace, name), self.escalation_key(namespace, name)),
-                (RELEASE_ESCALATION if name in escalations else RELEASE_BOTH,),
-            )
-            for name in [*claimed, *escalated]
+            Unit(self.claim_keys(namespace, name), ("1" if name in risky else "0", ids.get(name) or str(uuid.uuid4())))
+            for name in names
         ]
+        started = time.monotonic()
+        replies = self.runner.run(CLAIM, units, lambda _: [str(int(now)), self.claim_lease_ms, self.cooldown_seconds])
+        claimed: list[str] = []
+        escalated: list[str] = []
+        won_ids: dict[str, str] = {}
+        reclaimed: list[str] = []
+        for name, reply in zip(names, replies):
+            if isinstance(reply, list):
+                kind, item_id, prior = reply
+                (claimed if kind == CLAIMED else escalated).append(name)
+                won_ids[name] = item_id.decode()
+                if prior:
+                    reclaimed.append(name)
+        claims = Claims(now, started, claimed, escalated, frozenset(risky) & set(claimed), won_ids, reclaimed)
+        if any(isinstance(reply, Exception) for reply in replies):
+            # The claim's own error is the one to report; a release that fails too leaves the
+            # claims to their lease.
+            with contextlib.suppress(RedisError):
+                self.release(namespace, claims)
+            raise_first(replies)
+        return claims
+
+    def release(self, namespace: str, claims: Claims, record: dict | None = None) -> None:
+        """Give back the claims (those still ours), so that a resend can claim them again; with
+        `record`, also keep it in the failed list for people to read."""
+        units = [Unit(self.claim_keys(namespace, name), (flag,)) for name, flag in claims.flags()]
         if record is not None:
             units.append(Unit((self.failed_key(namespace),), (_record_json(record),), ITEM))
         if not units:
             return
 
         def header(subset):
-            return [value, sum(unit.kind == ROW for unit in subset)]
+            return [claims.value, sum(unit.kind == ROW for unit in subset)]
 
         raise_first(self.runner.run(RELEASE, units, header))
 
-    def settle_delivered(self, namespace: str, claimed: Sequence[str], now: float) -> None:
-        """After a delivery: note `last_trigger` for the windows claimed at `now`."""
-        value = str(int(now))
-        units = [Unit((self.app_key(namespace, name),)) for name in claimed]
-        raise_first(self.runner.run(SETTLE, units, lambda _: [value]))
+    def settle_delivered(self, namespace: str, claims: Claims) -> None:
+        """After a delivery: note `last_trigger` for the windows claimed, and keep every claim still
+        ours for the rest of its window."""
+        units = [Unit((self.app_key(namespace, name),)) for name in claims.claimed]
+        units += [Unit(self.claim_keys(namespace, name), (flag,), ITEM) for name, flag in claims.flags()]
+        if not units:
+            return
+        elapsed = time.monotonic() - claims.started
+        left_ms = int((self.cooldown_seconds - elapsed) * 1000)
 
-    def settle_failed(
-        self, namespace: str, claimed: Sequence[str], escalated: Sequence[str], now: float, record: dict
-    ) -> None:
-        """After a failed delivery: give back the claims made at `now` and keep `record` for people to read."""
-        self.release(namespace, claimed, escalated, now, record)
+        def header(subset):
+            apps = sum(unit.kind == ROW for unit in subset)
+            return [claims.value, left_ms, claims.now + elapsed, self.cooldown_seconds, apps]
+
+        raise_first(self.runner.run(SETTLE, units, header))
+
+    def settle_failed(self, namespace: str, claims: Claims, record: dict) -> None:
+        """After a failed delivery: give back the claims and keep `record` for people to read."""
+        self.release(namespace, claims, record)
 
     def failed_triggers(self, namespace: str, limit: int = FAILED_KEEP) -> list[dict]:
         """The records of failed deliveries, newest first."""

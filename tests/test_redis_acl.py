@@ -9,6 +9,7 @@ import redis
 from cost_service import create_app as create_cost_app
 from forecast_service import create_app as create_forecast_app
 from shared.redis_connection import CLUSTER_ACL_ADDITIONS, MINIMAL_ACL_RULE
+from shared.state import Claims
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
 from tests.support import ROOT
 
@@ -113,7 +114,9 @@ def without(token):
         ("+evalsha", lambda repo, payload: repo.save_cost(payload)),
         ("+hset", lambda repo, payload: repo.save_cost(payload)),  # called inside the save script
         ("+set", lambda repo, payload: repo.claim("default", ["adservice"], {}, 1.0)),
-        ("~triggers:*", lambda repo, payload: repo.settle_failed("default", [], [], 1.0, {"error": "x"})),
+        ("~triggers:*", lambda repo, payload: repo.settle_failed("default", Claims(1.0, 0.0), {"error": "x"})),
+        ("+pexpire", lambda repo, payload: repo.settle_delivered("default", repo.claim("default", ["a"], {}, 1.0))),
+        ("+hget", lambda repo, payload: repo.claim("default", ["adservice"], {}, 1.0)),
         ("+lrange", lambda repo, payload: repo.failed_triggers("default")),
         ("+lrem", lambda repo, payload: repo.remove_failed("default", {"error": "x"})),
         ("+pttl", lambda repo, payload: repo.running_windows("default", ["adservice"])),

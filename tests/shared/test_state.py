@@ -1,11 +1,12 @@
 import contextlib
+import time
 
 import pytest
 import redis
 from redis.crc import key_slot
 
-from shared.state import StateRepository
-from tests.support import close_cluster_client
+from shared.state import DEFAULT_CLAIM_LEASE_SECONDS, Claims, StateRepository
+from tests.support import close_cluster_client, wait_until
 
 NS = "default"
 
@@ -27,6 +28,16 @@ def forecast(ts, *rows):
         "timestamp": ts,
         "deployments": [{"name": n, "pred_cpu_peak": p, "pred_mem_peak": 600} for n, p in rows],
     }
+
+
+def won(claims):
+    """(windows claimed, windows escalated) of a claim step."""
+    return claims.claimed, claims.escalated
+
+
+def claims(now, claimed=(), escalated=(), risky=()):
+    """Claims as a claim step at `now` would have won them, made by hand."""
+    return Claims(now, time.monotonic(), list(claimed), list(escalated), frozenset(risky))
 
 
 def stored(redis_client, key):
@@ -95,26 +106,104 @@ def test_cluster_totals_are_not_rolled_back(repo, redis_client):
     assert redis_client.get("cluster:default:vm_count") == b"5"
 
 
-def test_claim_is_exclusive_and_expires_with_the_cooldown(repo, redis_client):
-    assert repo.claim(NS, ["a", "b"], set(), now=1000.7) == (["a", "b"], [])
-    assert repo.claim(NS, ["a", "c"], set(), now=1001) == (["c"], [])
+def test_claim_is_exclusive_and_held_for_its_lease_until_settled_then_for_the_cooldown(repo, redis_client):
+    first = repo.claim(NS, ["a", "b"], set(), now=1000.7)
+    assert won(first) == (["a", "b"], [])
+    assert won(repo.claim(NS, ["a", "c"], set(), now=1001)) == (["c"], [])
     assert redis_client.get("trigger:default:a") == b"1000"
-    assert 1790 < redis_client.ttl("trigger:default:a") <= 1800
+    assert 0 < redis_client.pttl("trigger:default:a") <= DEFAULT_CLAIM_LEASE_SECONDS * 1000
     assert not redis_client.exists("{trigger:default:a}:escalation")
+    repo.settle_delivered(NS, first)
+    assert 1790 < redis_client.ttl("trigger:default:a") <= 1800
+    assert redis_client.get("trigger:default:a") == b"1000"
+    assert 0 < redis_client.pttl("trigger:default:c") <= DEFAULT_CLAIM_LEASE_SECONDS * 1000  # not settled
 
 
 def test_risk_inside_a_window_is_escalated_once_and_lives_as_long_as_its_window(repo, redis_client):
-    assert repo.claim(NS, ["a"], set(), now=1000) == (["a"], [])
-    redis_client.expire("trigger:default:a", 120)
-    assert repo.claim(NS, ["a", "b"], {"a"}, now=1001) == (["b"], ["a"])
-    assert repo.claim(NS, ["a"], {"a"}, now=1002) == ([], [])
-    assert 115 < redis_client.ttl("{trigger:default:a}:escalation") <= 120
+    repo.settle_delivered(NS, repo.claim(NS, ["a"], set(), now=1000))
+    escalation = repo.claim(NS, ["a", "b"], {"a"}, now=1700)
+    assert won(escalation) == (["b"], ["a"])
+    assert won(repo.claim(NS, ["a"], {"a"}, now=1701)) == ([], [])
+    assert 0 < redis_client.pttl("{trigger:default:a}:escalation") <= DEFAULT_CLAIM_LEASE_SECONDS * 1000
+    repo.settle_delivered(NS, escalation)
+    # The window claimed at 1000 runs until 2800 on the claims' clock: 1100 s after the escalation.
+    assert 1095 < redis_client.ttl("{trigger:default:a}:escalation") <= 1100
+    assert won(repo.claim(NS, ["a"], {"a"}, now=1702)) == ([], [])
 
 
 def test_a_window_opened_by_a_risk_rule_is_not_escalated_again(repo, redis_client):
-    assert repo.claim(NS, ["a"], {"a"}, now=1000) == (["a"], [])
+    assert won(repo.claim(NS, ["a"], {"a"}, now=1000)) == (["a"], [])
     assert redis_client.get("{trigger:default:a}:escalation") == b"1000"
-    assert repo.claim(NS, ["a"], {"a"}, now=1001) == ([], [])
+    assert won(repo.claim(NS, ["a"], {"a"}, now=1001)) == ([], [])
+
+
+def test_an_unsettled_claim_frees_itself_and_its_item_goes_again_under_the_same_id(redis_client):
+    repo = StateRepository(redis_client, cooldown_seconds=1800, claim_lease_seconds=1)
+    first = repo.claim(NS, ["a", "b"], {"b"}, now=1000)
+    assert won(first) == (["a", "b"], []) and first.reclaimed == []
+    # Nobody settles or releases: the request died, or its settle never reached Redis.
+    assert wait_until(lambda: not redis_client.exists("trigger:default:a", "trigger:default:b"), timeout=5)
+    assert not redis_client.exists("{trigger:default:b}:escalation")
+    again = repo.claim(NS, ["a", "b"], set(), now=1002)
+    assert won(again) == (["a", "b"], [])
+    assert again.reclaimed == ["a", "b"]
+    assert again.ids == first.ids and first.ids["a"] != first.ids["b"]
+    repo.settle_delivered(NS, again)
+    assert not redis_client.exists(StateRepository.pending_key(NS, "a"))
+    assert 1790 < redis_client.ttl("trigger:default:a") <= 1800
+    # The next window is news again: a fresh id, not a reclaim.
+    redis_client.delete("trigger:default:a")
+    later = repo.claim(NS, ["a"], set(), now=5000)
+    assert later.reclaimed == [] and later.ids["a"] != first.ids["a"]
+
+
+def test_a_released_claim_leaves_no_pending_id(repo, redis_client):
+    first = repo.claim(NS, ["a"], set(), now=1000)
+    repo.release(NS, first)
+    again = repo.claim(NS, ["a"], set(), now=1001)
+    assert again.reclaimed == [] and again.ids["a"] != first.ids["a"]
+
+
+def test_an_unsettled_escalation_frees_itself_within_the_lease(redis_client):
+    repo = StateRepository(redis_client, cooldown_seconds=1800, claim_lease_seconds=1)
+    repo.settle_delivered(NS, repo.claim(NS, ["a"], set(), now=1000))
+    lost = repo.claim(NS, ["a"], {"a"}, now=1010)
+    assert won(lost) == ([], ["a"])
+    assert wait_until(lambda: not redis_client.exists("{trigger:default:a}:escalation"), timeout=5)
+    again = repo.claim(NS, ["a"], {"a"}, now=1012)
+    assert won(again) == ([], ["a"]) and again.reclaimed == ["a"] and again.ids == lost.ids
+    repo.settle_delivered(NS, again)
+    assert won(repo.claim(NS, ["a"], {"a"}, now=1013)) == ([], [])
+    assert 1770 < redis_client.ttl("{trigger:default:a}:escalation") <= 1790
+
+
+def test_settling_a_window_keeps_only_the_escalation_its_own_risk_took(repo, redis_client):
+    plain = repo.claim(NS, ["a"], set(), now=1000)
+    escalation = repo.claim(NS, ["a"], {"a"}, now=1000)  # another request, the same second
+    assert won(escalation) == ([], ["a"])
+    repo.settle_delivered(NS, plain)
+    assert 1790 < redis_client.ttl("trigger:default:a") <= 1800
+    # The escalation is still the other request's, in flight: its lease, not the window.
+    assert 0 < redis_client.pttl("{trigger:default:a}:escalation") <= DEFAULT_CLAIM_LEASE_SECONDS * 1000
+    risky = repo.claim(NS, ["b"], {"b"}, now=1000)
+    repo.settle_delivered(NS, risky)
+    assert 1790 < redis_client.ttl("{trigger:default:b}:escalation") <= 1800
+
+
+def test_a_settle_after_the_lease_ran_out_does_not_extend_a_later_claim(redis_client):
+    repo = StateRepository(redis_client, cooldown_seconds=1800, claim_lease_seconds=1)
+    slow = repo.claim(NS, ["a"], set(), now=1000)
+    assert wait_until(lambda: not redis_client.exists("trigger:default:a"), timeout=5)
+    newer = repo.claim(NS, ["a"], set(), now=1003)
+    repo.settle_delivered(NS, slow)
+    assert redis_client.get("trigger:default:a") == b"1003"
+    assert 0 < redis_client.pttl("trigger:default:a") <= 1000  # still the newer claim's lease
+    assert redis_client.hget(StateRepository.pending_key(NS, "a"), "window") == newer.ids["a"].encode()
+
+
+def test_pending_ids_share_the_cooldown_key_slot():
+    window = StateRepository.trigger_key("default", "adservice")
+    assert key_slot(StateRepository.pending_key("default", "adservice").encode()) == key_slot(window.encode())
 
 
 def test_escalation_key_shares_the_cooldown_key_slot():
@@ -129,9 +218,10 @@ def test_escalation_key_shares_the_cooldown_key_slot():
 def test_failed_delivery_releases_only_our_own_claims_and_is_kept(repo, redis_client):
     repo.claim(NS, ["a", "b"], {"a"}, now=1000)
     repo.claim(NS, ["c"], set(), now=990)
-    assert repo.claim(NS, ["c"], {"c"}, now=1000) == ([], ["c"])
+    assert won(repo.claim(NS, ["c"], {"c"}, now=1000)) == ([], ["c"])
     redis_client.set("trigger:default:b", "999")  # somebody else's claim by now
-    repo.settle_failed(NS, ["a", "b"], ["c"], now=1000, record={"error": "HTTP 500", "message": {"n": 1}})
+    ours = claims(1000, ["a", "b"], ["c"], risky=["a"])
+    repo.settle_failed(NS, ours, record={"error": "HTTP 500", "message": {"n": 1}})
     assert not redis_client.exists("trigger:default:a", "{trigger:default:a}:escalation")
     assert redis_client.get("trigger:default:b") == b"999"
     assert not redis_client.exists("{trigger:default:c}:escalation")
@@ -141,14 +231,14 @@ def test_failed_delivery_releases_only_our_own_claims_and_is_kept(repo, redis_cl
 
 def test_failed_list_is_capped_newest_first(repo, redis_client):
     for i in range(1003):
-        repo.settle_failed(NS, [], [], now=1, record={"i": i})
+        repo.settle_failed(NS, claims(1), record={"i": i})
     assert redis_client.llen("triggers:default:failed") == 1000
     assert [r["i"] for r in repo.failed_triggers(NS, limit=2)] == [1002, 1001]
 
 
 def test_delivery_sets_last_trigger(repo, redis_client):
     repo.save_cost(cost(100, ("a", 1.0, 0.1), ("b", 1.0, 0.99)))
-    repo.settle_delivered(NS, ["a", "b"], now=5000.9)
+    repo.settle_delivered(NS, claims(5000.9, ["a", "b"]))
     assert stored(redis_client, "app:default:a")["last_trigger"] == "5000"
     assert stored(redis_client, "app:default:b")["last_trigger"] == "5000"
 
@@ -198,8 +288,8 @@ def test_each_step_is_one_script_call_per_node_whatever_the_payload(repo, redis_
         lambda: repo.save_cost(cost(2, *rows)),
         lambda: repo.save_forecast(forecast(2, *[(name, 0.5) for name in names])),
         lambda: repo.claim(NS, names, set(names[::2]), now=10),
-        lambda: repo.settle_delivered(NS, names, now=10),
-        lambda: repo.settle_failed(NS, names, [], now=10, record={"n": size}),
+        lambda: repo.settle_delivered(NS, claims(10, names[::2], names[1::2], risky=names[::4])),
+        lambda: repo.settle_failed(NS, claims(10, names[::2], names[1::2]), record={"n": size}),
     )
     for step in steps:
         step()  # the first call of a script on a node loads it there (EVAL)
@@ -226,7 +316,7 @@ def test_cluster_timestamp_keys_share_a_slot_with_the_keys_they_guard():
 
 
 def test_running_windows_say_when_each_was_claimed_and_how_long_is_left(repo):
-    repo.claim(NS, ["a"], set(), now=1000)
+    repo.settle_delivered(NS, repo.claim(NS, ["a"], set(), now=1000))
     windows = repo.running_windows(NS, ["a", "b"])
     assert list(windows) == ["a"]
     claimed_at, left = windows["a"]
@@ -236,7 +326,7 @@ def test_running_windows_say_when_each_was_claimed_and_how_long_is_left(repo):
 def test_a_kept_record_is_removed_by_its_content(repo):
     first, second = {"webhook_id": "msg_1", "n": 1.5}, {"webhook_id": "msg_2", "n": 2}
     for record in (first, second):
-        repo.settle_failed(NS, [], [], now=1, record=record)
+        repo.settle_failed(NS, claims(1), record=record)
     assert repo.remove_failed(NS, repo.failed_triggers(NS)[1]) is True
     assert repo.failed_triggers(NS) == [second]
     assert repo.remove_failed(NS, first) is False
@@ -255,7 +345,7 @@ def test_a_claim_refused_on_one_node_leaves_no_claim_held_anywhere(repo, redis_c
         full.config_set("maxmemory", "0")
     held = [key for node in nodes for key in node.keys("*trigger*")]
     assert held == []
-    assert repo.claim(NS, names, set(), now=1001) == (names, [])
+    assert won(repo.claim(NS, names, set(), now=1001)) == (names, [])
 
 
 @contextlib.contextmanager
@@ -317,4 +407,4 @@ def test_a_claim_meeting_a_moved_slot_still_wins_every_window(redis_cluster):
     with slot_moved_behind_the_clients_back(redis_cluster.url, f"trigger:default:{names[-1]}", warm_up) as moved:
         _, repo, _ = moved
         # Claims of the moved slot's node come after others in its group: none may be lost.
-        assert repo.claim(NS, names, set(), now=1000) == (names, [])
+        assert won(repo.claim(NS, names, set(), now=1000)) == (names, [])
