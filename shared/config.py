@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from shared.episodes import MAX_HOLD_SECONDS, EpisodePolicy
 from shared.rules import Thresholds
 from shared.schemas import DNS_LABEL
 
@@ -22,6 +23,11 @@ DEFAULTS = {
     "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS": "5",
     "AGENT_WEBHOOK_BUDGET_SECONDS": "5",
     "COOLDOWN_SECONDS": "1800",
+    # Empty: the cooldown's value, the spec's behaviour (a firing deployment goes again each window).
+    "REMINDER_SECONDS": "",
+    "RESOLVE_AFTER_SECONDS": "3600",
+    "RESOLVED_NOTIFICATIONS": "true",
+    "STATE_TTL_SECONDS": str(8 * 24 * 3600),
     "CPU_WASTE_THRESHOLD": "0.5",
     "CPU_UTILISATION_THRESHOLD": "0.85",
     "PREDICTED_SPIKE_RATIO": "0.9",
@@ -56,6 +62,8 @@ SETTING_NAMES = (
     "REDIS_SENTINEL_PASSWORD_FILE",
     "FORECAST_TOKEN",
     "FORECAST_TOKEN_FILE",
+    "AGENT_TOKEN",
+    "AGENT_TOKEN_FILE",
 )
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -101,6 +109,9 @@ class Settings(StoreSettings, WebhookSettings):
     """Everything one service needs, parsed and checked: the store's and the webhook's settings, and the rest."""
 
     tokens: tuple[str, ...]
+    # The AI agent's tokens for its read and decision paths; () when those paths are not served.
+    agent_tokens: tuple[str, ...]
+    episodes: EpisodePolicy
     thresholds: Thresholds
     recommendation_headroom: float
     history_half_life_hours: float
@@ -161,6 +172,31 @@ def _tokens(config, name):
     if any(len(token) < 16 for token in tokens):
         raise ConfigError(f"{name} must hold tokens of at least 16 characters")
     return tokens
+
+
+def _agent_tokens(config, caller_tokens):
+    """AGENT_TOKEN(_FILE): optional; never one of the ingest callers' tokens (each path has its own caller)."""
+    if not _secret(config, "AGENT_TOKEN"):
+        return ()
+    tokens = _tokens(config, "AGENT_TOKEN")
+    if set(tokens) & set(caller_tokens):
+        raise ConfigError("AGENT_TOKEN must differ from the ingest callers' tokens")
+    return tokens
+
+
+def _episodes(config, cooldown):
+    """The episode settings; REMINDER_SECONDS defaults to the cooldown (the spec's behaviour)."""
+    reminder = cooldown
+    if str(config.get("REMINDER_SECONDS") or "").strip():
+        reminder = _number(config, "REMINDER_SECONDS", cooldown, MAX_HOLD_SECONDS, int)
+    return EpisodePolicy(
+        cooldown_seconds=cooldown,
+        reminder_seconds=reminder,
+        resolve_after_seconds=_number(config, "RESOLVE_AFTER_SECONDS", 0, MAX_HOLD_SECONDS, int),
+        resolved_notifications=_flag(config, "RESOLVED_NOTIFICATIONS"),
+        # At least an hour, so that an episode outlives the samples that resolve it.
+        state_ttl_seconds=_number(config, "STATE_TTL_SECONDS", 3600, 365 * 24 * 3600, int),
+    )
 
 
 def _url_bool(raw):
@@ -407,7 +443,9 @@ def parse_settings(config: Mapping[str, Any], token_setting: str) -> Settings:
     return Settings(
         **vars(store),
         **vars(webhook),
-        tokens=_tokens(config, token_setting),
+        tokens=(tokens := _tokens(config, token_setting)),
+        agent_tokens=_agent_tokens(config, tokens),
+        episodes=_episodes(config, store.cooldown_seconds),
         thresholds=_thresholds(config),
         recommendation_headroom=_number(config, "RECOMMENDATION_HEADROOM", 0, 10),
         # Under an hour, 5-minute samples would barely count before the next; past 30 days the

@@ -3,16 +3,31 @@
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.episodes import (
+    CHANGED,
+    DUE,
+    ESCALATION,
+    HELD,
+    NO_CHANGE,
+    RESOLVED,
+    SNOOZE,
+    SUPPRESSED,
+    EpisodePolicy,
+    Mirror,
+    Screen,
+    screen,
+    targets,
+)
 from shared.recommend import DEFAULT_CPU_MEMORY_PRICE_RATIO, price, recommend
-from shared.rules import Thresholds, cooldown_remaining, has_risk
-from shared.state import Claims, SavedPayload, StateRepository
-from shared.webhook import AgentWebhook, Delivery, build_trigger, utc_now_iso
+from shared.rules import Thresholds, has_risk
+from shared.state import Claims, EpisodeItem, SavedPayload, StateRepository
+from shared.webhook import AgentWebhook, Delivery, build_trigger, iso_seconds, utc_now_iso
 
 log = logging.getLogger("aggregator")
 
@@ -31,12 +46,41 @@ def failed_record(message: dict[str, Any], delivery: Delivery, request_id: str |
     return record
 
 
+def mirror_after(
+    item: dict[str, Any], place: EpisodeItem, before: Mirror | None, window: bool, now: float
+) -> Mirror | None:
+    """What the app hash keeps of the episode once `item` is delivered (None: the episode ended).
+
+    `window`: the item opened a window (not an escalation); `now`: its claim's time.
+    """
+    if place.notify == RESOLVED:
+        return None
+    before = before or Mirror()
+    same = before.id == place.episode_id
+    cpu, memory = targets(item["recommendation"])
+    return Mirror(
+        id=place.episode_id,
+        opened_at=place.opened_at,
+        sequence=place.sequence,
+        # The reminder clock: the last window's item (an escalation does not move it, as it
+        # does not move the window).
+        sent_at=now if window or not same else before.sent_at,
+        rules=(before.rules if same else frozenset()) | {reason["rule"] for reason in item["reasons"]},
+        req_cpu=item["state"].get("req_cpu"),
+        req_mem=item["state"].get("req_mem"),
+        cpu=cpu,
+        memory=memory,
+        snooze_until=place.until if place.decision == SNOOZE else None,
+        no_change_until=place.until if place.decision == NO_CHANGE else None,
+    )
+
+
 @dataclass(frozen=True)
 class Source:
     """What differs between the cost and the forecast ingest."""
 
     name: str  # the trigger's "source"
-    save: Callable[[StateRepository, dict], SavedPayload]  # stores a loaded payload
+    save: Callable[[StateRepository, dict, float], SavedPayload]  # stores a loaded payload at a time
     gap: Callable[[dict, Thresholds], str | None]  # why a stored state cannot be evaluated
     evaluate: Callable[[dict, Thresholds], list[dict]]  # the reasons the rules fire on a stored state
 
@@ -46,13 +90,15 @@ class IngestResult:
     """What one ingest did: the 201 body, and what the metrics and the request log read."""
 
     deployments: int  # in the payload
-    triggered: list[str]  # sent to the agent: windows claimed, then escalations
+    triggered: list[str]  # sent to the agent: windows claimed, escalations, resolutions
     cooldown: list[str]  # fired, but held back by a running window
     stale: list[str]  # older than what is stored: not written
     not_evaluated: list[dict[str, str]]  # stored, but the rules could not run, and why
     firing: dict[str, list[dict[str, Any]]]  # deployment -> reasons, for every deployment whose rules fired
     delivery: Delivery | None = None  # when a trigger was sent
     reclaimed: tuple[str, ...] = ()  # sent over a claim an earlier request left unsettled: maybe a duplicate
+    suppressed: list[str] = field(default_factory=list)  # fired, but held back by the reminder interval or a decision
+    notified: dict[str, str] = field(default_factory=dict)  # deployment -> the notify of its item, for those sent
 
     @property
     def delivery_status(self) -> str:
@@ -69,10 +115,25 @@ class IngestResult:
             "deployments": self.deployments,
             "triggered": self.triggered,
             "cooldown": self.cooldown,
+            "suppressed": self.suppressed,
             "stale": self.stale,
             "not_evaluated": self.not_evaluated,
             "delivery": self.delivery_status,
         }
+
+
+@dataclass
+class Evaluation:
+    """What the rules made of a saved payload, and what the episodes make of the firing deployments."""
+
+    firing: dict[str, list[dict]] = field(default_factory=dict)  # name -> reasons, those whose rules fire
+    quiet: list[str] = field(default_factory=list)  # evaluated, and no rule fired
+    not_evaluated: list[dict[str, str]] = field(default_factory=list)
+    due: list[str] = field(default_factory=list)  # for the claim script to decide
+    held: list[str] = field(default_factory=list)  # window running: `cooldown` for sure
+    suppressed: list[str] = field(default_factory=list)  # reminder interval, decision or `applied`, for sure
+    changed: dict[str, list[str]] = field(default_factory=dict)  # name -> what is material, when anything is
+    recommendations: dict[str, dict] = field(default_factory=dict)  # worked out already, from a history read
 
 
 @dataclass
@@ -85,13 +146,31 @@ class Aggregator:
     headroom: float
     cpu_memory_price_ratio: float = DEFAULT_CPU_MEMORY_PRICE_RATIO
 
+    @property
+    def episodes(self) -> EpisodePolicy:
+        """The episode settings (the repository's: its scripts apply them)."""
+        return self.repository.episodes
+
     def ingest(self, source: Source, payload: dict, request_id: str, now: float | None = None) -> IngestResult:
         """Store a loaded payload, trigger the agent for deployments that are due; return an IngestResult."""
         now = time.time() if now is None else now
         namespace = payload["namespace"]
-        saved = source.save(self.repository, payload)
-        firing, not_evaluated = self._evaluate(source, saved)
-        claims = self._claim(namespace, firing, saved, now)
+        saved = source.save(self.repository, payload, now)
+        found = self._evaluate(source, saved)
+        self._screen(namespace, found, saved, now)
+        risky = {name for name in found.due if has_risk(found.firing[name])}
+        if found.due:
+            claims = self.repository.claim(namespace, found.due, risky, now, changed=found.changed)
+        else:
+            claims = Claims(now, 0.0)
+        resolutions = self._resolutions(found, saved, now)
+        if resolutions:
+            resolved = self.repository.resolve(namespace, resolutions, now)
+            if self.episodes.resolved_notifications:
+                claims = claims.merge(resolved)
+            elif resolved.resolved:
+                self.repository.settle_delivered(namespace, resolved, mirrors=dict.fromkeys(resolved.resolved))
+        self._mark_quiet(namespace, found, saved, resolutions, now)
         sent = claims.sent
         outcome = None
         if sent:
@@ -100,72 +179,126 @@ class Aggregator:
                     "sending again what an unsettled claim may have sent already",
                     extra={"request_id": request_id, "deployments": claims.reclaimed},
                 )
-            message, outcome = self._deliver(source, namespace, saved, firing, claims, request_id)
-            self._settle(namespace, claims, message, outcome, request_id)
-        sent_names = set(sent)
+            message, outcome, items = self._deliver(source, namespace, saved, found, claims, request_id)
+            self._settle(namespace, saved, found, claims, items, message, outcome, request_id)
+        suppressed = found.suppressed + claims.suppressed
+        not_held = set(sent) | set(suppressed)
         return IngestResult(
             deployments=len(payload["deployments"]),
             triggered=sent,
-            cooldown=[name for name in firing if name not in sent_names],
+            cooldown=[name for name in found.firing if name not in not_held],
             stale=saved.stale,
-            not_evaluated=not_evaluated,
-            firing=firing,
+            not_evaluated=found.not_evaluated,
+            firing=found.firing,
             delivery=outcome,
             reclaimed=tuple(claims.reclaimed),
+            suppressed=suppressed,
+            notified={name: claims.episodes[name].notify for name in sent if name in claims.episodes},
         )
 
-    def _evaluate(self, source: Source, saved: SavedPayload) -> tuple[dict[str, list[dict]], list[dict[str, str]]]:
-        """The reasons each stored deployment fires ({name: reasons}, only those that fire), and those not evaluable."""
-        firing, not_evaluated = {}, []
+    def _evaluate(self, source: Source, saved: SavedPayload) -> Evaluation:
+        """The reasons each stored deployment fires, those quiet, and those not evaluable."""
+        found = Evaluation()
         for name, state in saved.states.items():
             gap = source.gap(state, self.thresholds)
             if gap:
-                not_evaluated.append({"deployment": name, "why": gap})
+                found.not_evaluated.append({"deployment": name, "why": gap})
                 continue
             reasons = source.evaluate(state, self.thresholds)
             if reasons:
-                firing[name] = reasons
-        return firing, not_evaluated
+                found.firing[name] = reasons
+            else:
+                found.quiet.append(name)
+        return found
 
-    def _claim(self, namespace: str, firing: dict[str, list[dict]], saved: SavedPayload, now: float) -> Claims:
-        """Claim the cooldown windows of the firing deployments that are due."""
-        # The hash's last_trigger shows a delivered window without asking Redis; inside it only a risk
-        # rule may still get through, as an escalation. The rest (no window seen, or a risk) go to
-        # the claim script, which also sees windows whose trigger is still in flight.
-        cooldown = self.repository.cooldown_seconds
-        risky = {name for name, reasons in firing.items() if has_risk(reasons)}
-        due = [name for name in firing if name in risky or not cooldown_remaining(saved.states[name], now, cooldown)]
-        return self.repository.claim(namespace, due, risky, now) if due else Claims(now, 0.0)
+    def _screen(self, namespace: str, found: Evaluation, saved: SavedPayload, now: float) -> None:
+        """Sort the firing deployments into held for sure (no Redis asked) and due for the claim script."""
+        # The hash's last_trigger shows a delivered window, and its episode mirror the reminder
+        # clock and the decisions, without asking Redis; the claim script decides the rest,
+        # seeing windows whose trigger is still in flight and decisions made since.
+        policy = self.episodes
+        no_mirror = Mirror()
+        needing_targets = []
+        for name, reasons in found.firing.items():
+            mirror = saved.mirrors.get(name, no_mirror)
+            known = self._targets(namespace, name, saved, found, saved.histories.get(name))
+            verdict = screen(mirror, reasons, has_risk(reasons), saved.states[name], now, policy, known)
+            if verdict.needs_targets:
+                needing_targets.append(name)
+            self._sort(found, name, verdict)
+        if needing_targets:
+            # The targets alone can tell whether these are due, and their history did not come with
+            # the state (written before its watch time): read it.
+            histories = self.repository.histories(namespace, needing_targets)
+            for name in needing_targets:
+                found.suppressed.remove(name)
+                known = self._targets(namespace, name, saved, found, histories[name])
+                mirror = saved.mirrors.get(name, no_mirror)
+                reasons = found.firing[name]
+                self._sort(found, name, screen(mirror, reasons, False, saved.states[name], now, policy, known))
+
+    @staticmethod
+    def _sort(found: Evaluation, name: str, verdict: Screen) -> None:
+        {DUE: found.due, HELD: found.held, SUPPRESSED: found.suppressed}[verdict.verdict].append(name)
+        if verdict.changed:
+            found.changed[name] = verdict.changed
+
+    def _targets(self, namespace, name, saved, found, history):
+        """The recommended targets from `history` (kept for the item), or None without one."""
+        if history is None:
+            return None
+        recommendation = self._recommend(namespace, name, saved.states[name], history)
+        found.recommendations[name] = recommendation
+        return targets(recommendation)
+
+    def _recommend(self, namespace, name, state, history):
+        return recommend(namespace, name, state, self.headroom, history, self.thresholds.max_state_skew_seconds)
+
+    def _resolutions(self, found: Evaluation, saved: SavedPayload, now: float) -> dict[str, str]:
+        """{name: episode id} of the open episodes whose samples have been quiet long enough."""
+        after = self.episodes.resolve_after_seconds
+        resolutions = {}
+        for name in found.quiet:
+            mirror = saved.mirrors.get(name)
+            # The first quiet sample is the start of the count when none runs yet.
+            if mirror and mirror.id and now - saved.quiet.get(name, now) >= after:
+                resolutions[name] = mirror.id
+        return resolutions
+
+    def _mark_quiet(
+        self, namespace: str, found: Evaluation, saved: SavedPayload, resolving: dict[str, str], now: float
+    ) -> None:
+        """Start the quiet count of open episodes gone quiet, stop it where rules fire again."""
+        start = [
+            name
+            for name in found.quiet
+            if name not in saved.quiet and name not in resolving and saved.mirrors.get(name, Mirror()).id
+        ]
+        stop = [name for name in found.firing if name in saved.quiet]
+        if start or stop:
+            self.repository.mark_quiet(namespace, start, stop, now)
 
     def _deliver(
         self,
         source: Source,
         namespace: str,
         saved: SavedPayload,
-        firing: dict[str, list[dict]],
+        found: Evaluation,
         claims: Claims,
         request_id: str,
-    ) -> tuple[dict, Delivery]:
-        """Build the trigger for what was claimed and send it; return (message, outcome).
+    ) -> tuple[dict, Delivery, dict[str, dict]]:
+        """Build the trigger for what was claimed and send it; return (message, outcome, items by name).
 
         Whatever stops us before an outcome gives the claims back first, if Redis still answers.
         """
-        sent, escalated_names = claims.sent, set(claims.escalated)
+        sent = claims.sent
         try:
-            # Read here, for the few deployments triggered, so the storing script stays lean.
-            histories = self.repository.histories(namespace, sent)
-            message = build_trigger(
-                source.name,
-                namespace,
-                saved.cluster,
-                [
-                    self._item(
-                        namespace, name, firing[name], saved, histories[name], claims.ids[name], name in escalated_names
-                    )
-                    for name in sent
-                ],
-            )
-            return message, self.webhook.deliver(message, request_id)
+            # Read here, for the few deployments triggered that the save did not bring a history for.
+            unread = [n for n in sent if n not in found.recommendations and n not in claims.resolved]
+            histories = self.repository.histories(namespace, unread) if unread else {}
+            items = {name: self._item(namespace, name, saved, found, claims, histories.get(name)) for name in sent}
+            message = build_trigger(source.name, namespace, saved.cluster, list(items.values()))
+            return message, self.webhook.deliver(message, request_id), items
         except (RedisTimeoutError, RedisConnectionError):
             # Redis did not answer within the request's Redis time: a release would wait out the
             # same stall again. The claims free themselves when their lease ends.
@@ -178,13 +311,29 @@ class Aggregator:
             self._release_after_failure(namespace, claims, request_id)
             raise
 
-    def _settle(self, namespace: str, claims: Claims, message: dict, outcome: Delivery, request_id: str) -> None:
-        """Keep a delivered trigger's claims for their window; or give a failed one's back and keep its record."""
-        if outcome.ok:
-            self.repository.settle_delivered(namespace, claims)
-        else:
+    def _settle(
+        self,
+        namespace: str,
+        saved: SavedPayload,
+        found: Evaluation,
+        claims: Claims,
+        items: dict[str, dict],
+        message: dict,
+        outcome: Delivery,
+        request_id: str,
+    ) -> None:
+        """Keep a delivered trigger's claims for their window and note its items in their episodes;
+        or give a failed one's back and keep its record."""
+        if not outcome.ok:
             record = failed_record(message, outcome, request_id)
             self.repository.settle_failed(namespace, claims, record)
+            return
+        mirrors = {
+            name: mirror_after(item, claims.episodes[name], saved.mirrors.get(name), name in claims.claimed, claims.now)
+            for name, item in items.items()
+        }
+        reasons = {name: item["reasons"] for name, item in items.items()}
+        self.repository.settle_delivered(namespace, claims, reasons, mirrors)
 
     def _release_after_failure(self, namespace: str, claims: Claims, request_id: str) -> None:
         """Give back the claims of a request that is failing; the original error is the one to report."""
@@ -193,19 +342,32 @@ class Aggregator:
         except Exception:
             log.exception("claims not released; they expire with their lease", extra={"request_id": request_id})
 
-    def _item(self, namespace, name, reasons, saved, history, item_id, escalation):
-        """One entry of the trigger: why, the stored state, and what to do about it at what price."""
+    def _item(self, namespace, name, saved, found, claims, history):
+        """One entry of the trigger: why, the stored state, what to do about it at what price, and its episode."""
         state = saved.states[name]
-        skew = self.thresholds.max_state_skew_seconds
-        recommendation = recommend(namespace, name, state, self.headroom, history, skew)
+        place = claims.episodes[name]
+        if place.notify == RESOLVED:
+            reasons, recommendation, cost = [], None, None
+        else:
+            reasons = found.firing[name]
+            recommendation = found.recommendations.get(name) or self._recommend(namespace, name, state, history)
+            cost = price(saved.cluster, state, recommendation, self.cpu_memory_price_ratio)
+        changed = found.changed.get(name, []) if place.notify in (CHANGED, ESCALATION) else []
         item = {
-            "id": item_id,
+            "id": claims.ids[name],
             "deployment": name,
             "reasons": reasons,
             "state": state,
             "recommendation": recommendation,
-            "cost": price(saved.cluster, state, recommendation, self.cpu_memory_price_ratio),
+            "cost": cost,
+            "episode": {
+                "id": place.episode_id,
+                "opened_at": iso_seconds(place.opened_at),
+                "sequence": place.sequence,
+                "notify": place.notify,
+                "changed": changed,
+            },
         }
-        if escalation:
+        if name in claims.escalated:
             item["escalation"] = True
         return item

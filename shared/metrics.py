@@ -20,6 +20,9 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+from shared.episodes import DECISIONS as DECISIONS_KINDS
+from shared.episodes import NOTIFY_KINDS
+
 if TYPE_CHECKING:
     from shared.ingest import IngestResult
 
@@ -43,6 +46,12 @@ WEBHOOK_DURATION = Histogram(
     buckets=WEBHOOK_BUCKETS,
 )
 REDIS_ERRORS = Counter("aggregator_redis_errors", "Requests that found Redis unavailable.", ["service"])
+ITEMS = Counter(
+    "aggregator_trigger_items",
+    "Trigger items the agent took, by what they tell it: first, changed, reminder, escalation, resolved.",
+    ["service", "notify"],
+)
+DECISIONS = Counter("aggregator_decisions", "Decisions the agent recorded, by kind.", ["service", "decision"])
 RECLAIMED = Counter(
     "aggregator_triggers_reclaimed",
     "Deployments sent over a claim an earlier request left unsettled (it died, or Redis lost its settle):"
@@ -67,6 +76,10 @@ def start_series(service: str) -> None:
         TRIGGERS.labels(service, outcome)
     REDIS_ERRORS.labels(service)
     RECLAIMED.labels(service)
+    for notify in NOTIFY_KINDS:
+        ITEMS.labels(service, notify)
+    for decision in DECISIONS_KINDS:
+        DECISIONS.labels(service, decision)
     REQUEST_DURATION.labels(service)
     WEBHOOK_DURATION.labels(service)
     DEPLOYMENTS_INGESTED.labels(service)
@@ -98,6 +111,9 @@ def record_ingest(service: str, result: "IngestResult") -> None:
         outcome = "delivered" if result.delivery.ok else "failed"
         child(TRIGGERS, service, outcome).inc(len(result.triggered))
         child(WEBHOOK_DURATION, service).observe(result.delivery.seconds)
+        if result.delivery.ok:
+            for notify, count in Tally(result.notified.values()).items():
+                child(ITEMS, service, notify).inc(count)
     if result.reclaimed:
         child(RECLAIMED, service).inc(len(result.reclaimed))
 

@@ -6,8 +6,9 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields, validate
 
+from shared.episodes import DECISIONS, NOTIFY_KINDS
 from shared.rules import COST_STATE_TOO_OLD, NO_COST_STATE, ZERO_REQUEST
-from shared.schemas import DNS_LABEL, QUANTITY_LIMITS, DeploymentList, StrictNumber, Timestamp
+from shared.schemas import DNS_LABEL, QUANTITY_LIMITS, DecisionSchema, DeploymentList, StrictNumber, Timestamp
 
 
 class NotEvaluatedSchema(Schema):
@@ -24,9 +25,41 @@ class AcceptedSchema(Schema):
     deployments = fields.Integer(required=True)
     triggered = fields.List(fields.String(), required=True)
     cooldown = fields.List(fields.String(), required=True)
+    suppressed = fields.List(fields.String(), required=True)
     stale = fields.List(fields.String(), required=True)
     not_evaluated = fields.List(fields.Nested(NotEvaluatedSchema), required=True)
     delivery = fields.String(required=True, validate=validate.OneOf(["ok", "failed", "none"]))
+
+
+class DecisionRecordSchema(Schema):
+    """The decision in force about an episode."""
+
+    decision = fields.String(required=True, validate=validate.OneOf(DECISIONS))
+    until = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    note = fields.String(required=True)
+    at = fields.String(required=True, metadata={"format": "date-time"})
+
+
+class OpenEpisodeSchema(Schema):
+    """The deployment's open episode, as its last item left it."""
+
+    id = fields.String(required=True)
+    opened_at = fields.String(required=True, metadata={"format": "date-time"})
+    sequence = fields.Integer(required=True)
+    notify = fields.String(required=True, allow_none=True, validate=validate.OneOf(NOTIFY_KINDS))
+    last_sent_at = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    reasons = fields.List(fields.Dict(), required=True)
+    decision = fields.Nested(DecisionRecordSchema, required=True, allow_none=True)
+
+
+class DeploymentSchema(Schema):
+    """One deployment as the agent reads it."""
+
+    namespace = fields.String(required=True)
+    deployment = fields.String(required=True)
+    state = fields.Dict(keys=fields.String(), values=fields.Float(), required=True)
+    episode = fields.Nested(OpenEpisodeSchema, required=True, allow_none=True)
+    cooldown_seconds_left = fields.Float(required=True)
 
 
 class ErrorBodySchema(Schema):
@@ -100,8 +133,9 @@ def _error(description, **headers):
     return response
 
 
-def build_openapi(title: str, path: str, schema: Schema, summary: str) -> dict[str, Any]:
-    """The OpenAPI document for one service: its ingest operation, probes and metrics."""
+def build_openapi(title: str, path: str, schema: Schema, summary: str, agent: bool = False) -> dict[str, Any]:
+    """The OpenAPI document for one service: its ingest operation, probes and metrics, and with
+    `agent` (AGENT_TOKEN is set) the agent's read and decision."""
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title=title,
@@ -163,6 +197,8 @@ def build_openapi(title: str, path: str, schema: Schema, summary: str) -> dict[s
             }
         },
     )
+    if agent:
+        _agent_paths(spec, request_id, retry_after)
     spec.path(
         path="/openapi.json",
         operations={
@@ -174,3 +210,61 @@ def build_openapi(title: str, path: str, schema: Schema, summary: str) -> dict[s
 
 def _json(description, schema):
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+AGENT_ERRORS = {
+    "401": "AGENT_TOKEN missing or not accepted (the ingest callers' tokens are not).",
+    "404": "Nothing is stored for this deployment.",
+    "500": "A bug.",
+    "503": "Redis is unavailable; retry after Retry-After seconds.",
+}
+DECISION_ERRORS = {
+    "400": "The body is not valid JSON, or not a JSON object.",
+    "409": "episode_id is not the deployment's open episode (code EPISODE_MISMATCH); nothing changed.",
+    "413": "The body is larger than MAX_BODY_BYTES.",
+    "415": "Content-Type is not JSON.",
+    "422": "The decision failed validation; details.fields says where.",
+}
+
+
+def _agent_paths(spec, request_id, retry_after):
+    """The agent's read of one deployment and its decision about the open episode."""
+    spec.components.schema("Deployment", schema=DeploymentSchema)
+    spec.components.schema("Decision", schema=DecisionSchema)
+    spec.components.security_scheme("agentAuth", {"type": "http", "scheme": "bearer"})
+    parameters = [
+        {"in": "path", "name": name, "required": True, "schema": {"type": "string"}, "example": example}
+        for name, example in (("namespace", "default"), ("name", "adservice"))
+    ]
+
+    def responses(errors):
+        answers = {"200": _json("The deployment, after the decision for a POST.", "Deployment")}
+        for status, description in errors.items():
+            answers[status] = _error(description, **(retry_after if status == "503" else {}))
+        for answer in answers.values():
+            answer.setdefault("headers", {}).update(request_id)
+        return answers
+
+    spec.path(
+        path="/deployments/{namespace}/{name}",
+        parameters=parameters,
+        operations={
+            "get": {
+                "summary": "Read one deployment: its state, its open episode and the decision about it",
+                "security": [{"agentAuth": []}],
+                "responses": responses(AGENT_ERRORS),
+            }
+        },
+    )
+    spec.path(
+        path="/deployments/{namespace}/{name}/decision",
+        parameters=parameters,
+        operations={
+            "post": {
+                "summary": "Record the agent's decision about the open episode: snooze, no_change or applied",
+                "security": [{"agentAuth": []}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": "Decision"}}},
+                "responses": responses({**AGENT_ERRORS, **DECISION_ERRORS}),
+            }
+        },
+    )

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.ingest import failed_record
+from shared.episodes import CHANGED, RESOLVED
+from shared.ingest import failed_record, mirror_after
 from shared.state import StateRepository
-from shared.webhook import AgentWebhook, Delivery
+from shared.webhook import AgentWebhook, Delivery, iso_seconds
 
 
 @dataclass
@@ -55,9 +56,14 @@ def redeliver(
         for name, item in items.items()
         if item.get("escalation") and name in running and running[name][0] <= built_at
     }
-    # The items keep their ids: the agent may have seen them before the delivery failed.
-    ids = {name: item["id"] for name, item in items.items() if item.get("id")}
-    claims = repository.claim(namespace, list(items), risky, now, ids)
+    # The items keep their ids: the agent may have seen them before the delivery failed. A
+    # resolved item is not sent again: the next quiet sample resolves its episode anew.
+    resendable = [name for name, item in items.items() if item.get("episode", {}).get("notify") != RESOLVED]
+    ids = {name: items[name]["id"] for name in resendable if items[name].get("id")}
+    changed = [name for name in resendable if items[name].get("episode", {}).get("notify") == CHANGED]
+    # An episode the failure closed again opens anew under the same id.
+    episode_ids = {name: items[name]["episode"]["id"] for name in resendable if items[name].get("episode")}
+    claims = repository.claim(namespace, resendable, risky, now, ids, changed, episode_ids)
     result.sent = claims.sent
     result.superseded = [name for name in items if name not in result.sent]
 
@@ -68,11 +74,30 @@ def redeliver(
             item = {key: value for key, value in items[name].items() if key != "escalation"}
             if name in escalated_names:
                 item["escalation"] = True
+            if "episode" in item:
+                # Where it stands now: the failure gave its place in the episode back.
+                place = claims.episodes[name]
+                item["episode"] = {
+                    **item["episode"],
+                    "id": place.episode_id,
+                    "opened_at": iso_seconds(place.opened_at),
+                    "sequence": place.sequence,
+                    "notify": place.notify,
+                }
             triggers.append(item)
         message = {**message, "triggers": triggers}
         result.delivery = webhook.deliver(message, record.get("request_id") or uuid.uuid4().hex, webhook_id)
         if result.delivery.ok:
-            repository.settle_delivered(namespace, claims)
+            reasons = {item["deployment"]: item["reasons"] for item in triggers}
+            # What the app hash keeps of each episode, as after an ingest (the last item is this one).
+            mirrors = {
+                item["deployment"]: mirror_after(
+                    item, claims.episodes[item["deployment"]], None, item["deployment"] in claims.claimed, now
+                )
+                for item in triggers
+                if "episode" in item
+            }
+            repository.settle_delivered(namespace, claims, reasons, mirrors)
         else:
             again = failed_record(message, result.delivery, record.get("request_id"))
             repository.settle_failed(namespace, claims, again)

@@ -71,8 +71,8 @@ def unavailable_code(exc: BaseException) -> str | None:
 # tests/test_redis_acl.py gives a user exactly this rule.
 MINIMAL_ACL_RULE = (
     "resetkeys ~app:* ~{app:* ~trigger:* ~{trigger:* ~triggers:* ~cluster:* ~{cluster:* resetchannels -@all "
-    "+ping +role +select +evalsha +eval +get +set +del +exists +ttl +pttl +hget +hmget +hset +hdel +hgetall +hincrby "
-    "+hlen +expire +pexpire +lpush +ltrim +lrange +lrem"
+    "+ping +role +select +evalsha +eval +get +set +del +exists +ttl +pttl +hget +hmget +hset +hsetnx +hdel "
+    "+hgetall +hincrby +hlen +expire +pexpire +lpush +ltrim +lrange +lrem"
 )
 
 # What a Redis Cluster user needs on top: redis-py's cluster client reads the slot map (CLUSTER

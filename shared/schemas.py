@@ -1,4 +1,4 @@
-"""Marshmallow schemas for the two ingest payloads.
+"""Marshmallow schemas for the two ingest payloads and the agent's decision.
 
 A loaded payload is ready for the repository: `timestamp` becomes Unix seconds and each
 deployment becomes a flat dict named by the app hash's fields (`req_cpu`, `pred_cpu_peak`, ...).
@@ -14,6 +14,9 @@ from typing import Any, cast
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from shared.episodes import DECISIONS
+
+NOTE_MAX_CHARS = 1000
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_LABEL_MESSAGE = "Must be a DNS-1123 label: lowercase letters, digits and '-', at most 63 characters."
 NOT_A_NUMBER = "Not a valid number."
@@ -285,3 +288,16 @@ class ForecastPayloadSchema(PayloadSchema):
         required=True,
         groups={"predict_peak_24h": ("pred_cpu_peak", "pred_mem_peak")},
     )
+
+
+class DecisionSchema(Schema):
+    """The AI agent's decision about a deployment's open episode (POST .../decision)."""
+
+    class Meta:
+        unknown = RAISE
+
+    episode_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    decision = fields.String(required=True, validate=validate.OneOf(DECISIONS))
+    # Checked against the decision and the clock by the view: snooze needs it, at most 30 days ahead.
+    until = fields.AwareDateTime(format="iso", load_default=None)
+    note = fields.String(load_default="", validate=validate.Length(max=NOTE_MAX_CHARS))

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask, abort
 
-from shared import api, cli, errors, logs, metrics, probes, request_log, services
+from shared import agent_api, api, cli, errors, logs, metrics, probes, request_log, services
 from shared.config import DEFAULTS, ConfigError, parse_settings, read_environment
 from shared.services import ServiceSpec
 
@@ -35,6 +35,8 @@ def create_service_app(spec: ServiceSpec, test_config: Mapping[str, Any] | None 
     request_log.init_app(app)
     errors.init_app(app)
     app.register_blueprint(api.blueprint(spec.path))
+    if settings.agent_tokens:
+        app.register_blueprint(agent_api.blueprint())
     probes.init_app(app, service)
     # Under the flask command line the app serves nothing: no zero series for it in a live metrics directory.
     if not cli.under_flask_cli():

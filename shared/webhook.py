@@ -44,6 +44,11 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_seconds(seconds: float) -> str:
+    """Unix seconds as ISO-8601 UTC with a Z suffix, to the second."""
+    return datetime.fromtimestamp(int(seconds), UTC).isoformat().replace("+00:00", "Z")
+
+
 def build_trigger(
     source: str, namespace: str, cluster: Mapping[str, Any], items: list[dict[str, Any]]
 ) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from tests.support import RedisClusterServers, RedisServer, close_cluster_client
 FIXTURES = Path(__file__).parent / "fixtures"
 COST_TOKEN = "cost-token-0123456789abcdef"
 FORECAST_TOKEN = "forecast-token-0123456789abcdef"
+AGENT_TOKEN = "agent-token-0123456789abcdef"
 # The price of adservice's recommendation for the seed cost payload, as issue 10 gives it (the
 # item's cost without its "basis" sentence and "by_resource" split).
 SEED_ADSERVICE_PRICE = {

@@ -92,7 +92,11 @@ def test_redeliver_sends_with_the_same_webhook_id_and_clears_the_list(
     assert result.output == f"delivered {record['webhook_id']} default: adservice (HTTP 202)\n"
     [message] = receiver.messages
     assert receiver.headers[0]["webhook-id"] == record["webhook_id"]
-    assert message["triggers"] == record["message"]["triggers"]
+    [sent], [failed] = message["triggers"], record["message"]["triggers"]
+    # The same item; its episode, which the failure left unopened, opened now under the same id.
+    assert {**sent, "episode": None} == {**failed, "episode": None}
+    assert sent["episode"]["id"] == failed["episode"]["id"]
+    assert (sent["episode"]["sequence"], sent["episode"]["notify"]) == (1, "first")
     assert kept(redis_client) == []
     # The redelivery opened the window as a delivered ingest would: the next payload is held back.
     assert redis_client.hget("app:default:adservice", "last_trigger")
@@ -151,7 +155,9 @@ def test_a_failed_redelivery_stays_listed_and_releases_its_claim(
     assert result.output.startswith(f"failed {record['webhook_id']} default: adservice: HTTP 503 after ")
     assert result.output.splitlines()[-1] == "Error: 1 of 1 redeliveries failed; they stay listed"
     [again] = kept(redis_client)
-    assert again["webhook_id"] == record["webhook_id"] and again["message"] == record["message"]
+    assert again["webhook_id"] == record["webhook_id"]
+    assert again["message"]["triggers"][0]["id"] == record["message"]["triggers"][0]["id"]
+    assert again["message"]["triggers"][0]["episode"]["id"] == record["message"]["triggers"][0]["episode"]["id"]
     assert again["error"] == "HTTP 503" and again["failed_at"] >= record["failed_at"]
     assert not redis_client.exists("trigger:default:adservice")
     assert {call["headers"]["webhook-id"] for call in receiver.calls} == {record["webhook_id"]}

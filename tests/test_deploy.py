@@ -29,6 +29,8 @@ SERVICES = {spec.deployment: spec for spec in services.SERVICES}
 SECRET_SETTINGS = (*(spec.token_setting for spec in services.SERVICES), "AGENT_WEBHOOK_SECRET")
 # Secrets too, but the base manifests' Redis needs none: a platform adds them as mounted files.
 REDIS_SECRET_SETTINGS = ("REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD")
+# The agent's token for its read and decision paths: optional, and mounted as a file where used.
+OPTIONAL_SECRET_SETTINGS = ("AGENT_TOKEN",)
 CONFIG_MAP, SECRET = "aggregator-config", "aggregator-secrets"
 APP_UID = 10001
 # What the containers set besides the services' settings: read by the image's CMD, gunicorn.conf.py
@@ -306,7 +308,7 @@ def test_config_map_holds_every_setting_and_no_secret(manifests):
     """Keys are the services' settings (all of them but the secrets), and the services accept the values."""
     settings = named(manifests[BASE], "ConfigMap")[CONFIG_MAP]["data"]
     assert set(settings) <= set(SETTING_NAMES), set(settings) - set(SETTING_NAMES)
-    secrets = {*SECRET_SETTINGS, *REDIS_SECRET_SETTINGS}
+    secrets = {*SECRET_SETTINGS, *REDIS_SECRET_SETTINGS, *OPTIONAL_SECRET_SETTINGS}
     secrets |= {f"{name}_FILE" for name in secrets}
     assert not set(settings) & secrets
     missing = set(SETTING_NAMES) - secrets - set(settings)

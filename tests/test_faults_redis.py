@@ -172,8 +172,9 @@ def test_redis_running_out_of_memory_loses_no_trigger(tmp_path, receiver):
     store = server.client()
     headers = {"Authorization": f"Bearer {COST_TOKEN}"}
     try:
-        # Room for about half of what the payloads need, so that memory runs out while they arrive.
-        store.config_set("maxmemory", store.info("memory")["used_memory"] + 1024 * 1024)
+        # Room for a fifth of what the payloads need (each leaves about 250 KB: state, history,
+        # claims and episodes), so that memory runs out while they arrive.
+        store.config_set("maxmemory", store.info("memory")["used_memory"] + 2 * 1024 * 1024)
         queue, outcomes = list(range(OOM_PAYLOADS)), []
 
         def send():

@@ -10,7 +10,7 @@ from cost_service import create_app as create_cost_app
 from forecast_service import create_app as create_forecast_app
 from shared.redis_connection import CLUSTER_ACL_ADDITIONS, MINIMAL_ACL_RULE
 from shared.state import Claims
-from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
+from tests.conftest import AGENT_TOKEN, COST_TOKEN, FORECAST_TOKEN, auth
 from tests.support import ROOT
 
 USER, PASSWORD = "aggregator", "acl-user-password-0123456789"
@@ -97,6 +97,30 @@ def test_a_user_with_the_minimal_rule_runs_every_flow(server, admin, receiver, c
     redelivered = cost_app.test_cli_runner().invoke(args=["redeliver"])
     assert redelivered.exit_code == 0, redelivered.output
     assert not admin.exists("triggers:default:failed") and admin.exists("trigger:default:checkout")
+
+    # Episodes: a quiet sample starts the count, and with RESOLVE_AFTER_SECONDS=0 resolves at once;
+    # the agent reads a deployment and decides about its episode.
+    agent_app = create_cost_app({**config(server.port, receiver), "AGENT_TOKEN": AGENT_TOKEN})
+    agent = agent_app.test_client()
+    read = agent.get("/deployments/default/checkout", headers=auth(AGENT_TOKEN))
+    assert read.status_code == 200, read.json
+    episode_id = read.json["episode"]["id"]
+    decided = agent.post(
+        "/deployments/default/checkout/decision",
+        json={"episode_id": episode_id, "decision": "no_change"},
+        headers=auth(AGENT_TOKEN),
+    )
+    assert decided.status_code == 200, decided.json
+    quiet = copy.deepcopy(other)
+    quiet["timestamp"] = "2024-01-01T12:05:00Z"
+    quiet["deployments"][0]["current_usage"]["cpu_cores"] = 1.5
+    resolver = create_cost_app({**config(server.port, receiver), "RESOLVE_AFTER_SECONDS": "0"}).test_client()
+    resolved = resolver.post("/metrics/cost", json=quiet, headers=cost_headers).json
+    assert resolved["triggered"] == ["checkout"], resolved
+    quiet["timestamp"] = "2024-01-01T12:10:00Z"
+    counting = create_cost_app({**config(server.port, receiver), "RESOLVE_AFTER_SECONDS": "3600"}).test_client()
+    cost.post("/metrics/cost", json=other, headers=cost_headers)  # a new episode
+    assert counting.post("/metrics/cost", json=quiet, headers=cost_headers).status_code == 201  # the count starts
 
     # Not one command or key was refused on the way (the ACL log lists every denial).
     assert admin.execute_command("ACL", "LOG") == []

@@ -1,11 +1,15 @@
 """Round trips to Redis per ingest request: a constant, whatever the number of deployments."""
 
+import json
+
 import pytest
 import redis
 
 from bench.redis_proxy import CountingProxy
 from cost_service import create_app as create_cost_app
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
+
+HOUR = 3600
 
 
 def cost_body(size, timestamp="2026-01-01T00:00:00Z"):
@@ -26,7 +30,7 @@ def cost_body(size, timestamp="2026-01-01T00:00:00Z"):
     }
 
 
-def make_app(url, cluster, receiver):
+def make_app(url, cluster, receiver, **settings):
     return create_cost_app(
         {
             "REDIS_URL": url,
@@ -35,8 +39,50 @@ def make_app(url, cluster, receiver):
             "COST_ENGINE_TOKEN": COST_TOKEN,
             "FORECAST_TOKEN": FORECAST_TOKEN,
             "MAX_DEPLOYMENTS": "5000",
+            **settings,
         }
     ).test_client()
+
+
+def an_hour_ago(redis_client, names):
+    """Move every time stored of the deployments' windows and episodes an hour back: the cooldown is over."""
+    for name in names:
+        app, window, episode = f"app:default:{name}", f"trigger:default:{name}", f"{{trigger:default:{name}}}:episode"
+        mirror = json.loads(redis_client.hget(app, "episode"))
+        mirror["sent_at"] -= HOUR
+        redis_client.hset(
+            app, mapping={"episode": json.dumps(mirror), "watch": float(redis_client.hget(app, "watch")) - HOUR}
+        )
+        redis_client.hincrby(app, "last_trigger", -HOUR)
+        redis_client.hincrby(episode, "window_at", -HOUR)
+        redis_client.incrby(window, -HOUR)
+
+
+@pytest.mark.parametrize("size", [2, 500])
+def test_a_held_back_reminder_costs_one_round_trip(redis_server, redis_client, receiver, size):
+    proxy = CountingProxy(redis_server.port).start()
+    names = [f"app-{i}" for i in range(size)]
+    try:
+        client = make_app(proxy.url, False, receiver, REMINDER_SECONDS="86400")
+        assert client.post("/metrics/cost", json=cost_body(size), headers=auth(COST_TOKEN)).json["delivery"] == "ok"
+        an_hour_ago(redis_client, names)
+        before = proxy.counts()
+        held = client.post("/metrics/cost", json=cost_body(size, "2026-01-01T00:05:00Z"), headers=auth(COST_TOKEN))
+        assert held.json["suppressed"] == names and held.json["cooldown"] == []
+        commands, trips = (after - start for after, start in zip(proxy.counts(), before))
+        # The store script brought the usage histories with the state (the window is over), so the
+        # recommendation showed nothing material: no claim.
+        assert (commands, trips) == (1, 1)
+        before = proxy.counts()
+        changed = cost_body(size, "2026-01-01T00:10:00Z")
+        for row in changed["deployments"]:
+            row["current_requests"]["cpu_cores"] = 4.0
+        sent = client.post("/metrics/cost", json=changed, headers=auth(COST_TOKEN))
+        assert sent.json["triggered"] == names
+        commands, trips = (after - start for after, start in zip(proxy.counts(), before))
+        assert (commands, trips) == (3, 3)  # store (histories with it), claim, settle
+    finally:
+        proxy.stop()
 
 
 @pytest.mark.parametrize("size", [2, 500])
@@ -51,8 +97,9 @@ def test_round_trips_per_request_on_one_redis(redis_server, redis_client, receiv
         assert len(again.json["cooldown"]) == size
         commands, trips = (after - start for after, start in zip(proxy.counts(), before))
         assert (commands, trips) == (1, 1)  # steady state: the one store script
-        redis_client.delete(*[f"trigger:default:app-{i}" for i in range(size)])
-        redis_client.hdel("app:default:app-0", "last_trigger")
+        # A new episode for app-0 alone: its window and episode gone, as if both had run out.
+        redis_client.delete(*[f"trigger:default:app-{i}" for i in range(size)], "{trigger:default:app-0}:episode")
+        redis_client.hdel("app:default:app-0", "last_trigger", "episode", "watch")
         before = proxy.counts()
         fired = client.post("/metrics/cost", json=cost_body(size, "2026-01-01T00:10:00Z"), headers=auth(COST_TOKEN))
         assert fired.json["triggered"] == ["app-0"]
@@ -70,9 +117,9 @@ def test_script_calls_per_request_on_a_cluster(redis_cluster, receiver, size):
     nodes = [seed.get_redis_connection(node) for node in seed.get_primaries()]
     client = make_app(redis_cluster.url, True, receiver)
     assert client.post("/metrics/cost", json=cost_body(size), headers=auth(COST_TOKEN)).status_code == 201
-    seed.delete(*[f"trigger:default:app-{i}" for i in range(size)])
     for i in range(size):
-        seed.hdel(f"app:default:app-{i}", "last_trigger")
+        seed.delete(f"trigger:default:app-{i}", f"{{trigger:default:app-{i}}}:episode")
+        seed.hdel(f"app:default:app-{i}", "last_trigger", "episode", "watch")
     for node in nodes:
         node.config_resetstat()
     fired = client.post("/metrics/cost", json=cost_body(size, "2026-01-01T00:05:00Z"), headers=auth(COST_TOKEN)).json

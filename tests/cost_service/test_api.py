@@ -1,5 +1,6 @@
 import json
 import re
+import time
 
 import pytest
 
@@ -30,6 +31,7 @@ def test_seed_payload_triggers_adservice_only(cost_client, cost_headers, cost_pa
         "deployments": 2,
         "triggered": ["adservice"],
         "cooldown": [],
+        "suppressed": [],
         "stale": [],
         "not_evaluated": [],
         "delivery": "ok",
@@ -62,8 +64,8 @@ def test_repeat_is_held_by_the_cooldown_and_sends_nothing(cost_client, cost_head
 
 
 def test_cooldown_key_without_last_trigger_still_holds(cost_client, cost_headers, cost_payload, receiver, redis_client):
-    # Another pod claimed the window and is still delivering: its key alone must hold us back.
-    redis_client.set("trigger:default:adservice", 1, ex=60)
+    # Another pod claimed the window a moment ago and is still delivering: its key alone must hold us back.
+    redis_client.set("trigger:default:adservice", int(time.time()) - 1, ex=60)
     body = post(cost_client, cost_payload, cost_headers).get_json()
     assert body["cooldown"] == ["adservice"] and receiver.messages == []
 

@@ -16,6 +16,7 @@ def test_forecast_without_cost_state_is_stored_but_not_evaluated(
         "deployments": 2,
         "triggered": [],
         "cooldown": [],
+        "suppressed": [],
         "stale": [],
         "not_evaluated": [
             {"deployment": "adservice", "why": "no_cost_state"},

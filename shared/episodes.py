@@ -1,0 +1,207 @@
+"""Episodes: one deployment's run of firing, and whether its next firing is news for the agent.
+
+Pure functions and records, no Redis: the claim script (shared/state.py) decides atomically what
+goes out; what is here tells it whether something material changed, and screens out, before any
+claim, the deployments that are held back for sure, from what the app hash keeps of the episode
+(the "mirror", written with each settle and decision).
+"""
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FIRST, CHANGED, REMINDER, ESCALATION, RESOLVED = "first", "changed", "reminder", "escalation", "resolved"
+NOTIFY_KINDS = (FIRST, CHANGED, REMINDER, ESCALATION, RESOLVED)
+SNOOZE, NO_CHANGE, APPLIED = "snooze", "no_change", "applied"
+DECISIONS = (SNOOZE, NO_CHANGE, APPLIED)
+# `changed` lists what is material, in this order.
+REASONS, REQUESTS, CPU, MEMORY = "reasons", "requests", "cpu", "memory"
+# Material: more than 10 % (the VPA updater's and CAST AI's bar for acting on a recommendation),
+# and for the recommended targets at least a tenth of a core or 100 MiB, so that small
+# deployments do not flap on rounding.
+MATERIAL_FRACTION = 0.10
+MIN_CPU_CHANGE_CORES = 0.1
+MIN_MEMORY_CHANGE_MB = 100
+# The longest any hold may last: a decision's `until`, the reminder interval.
+MAX_HOLD_SECONDS = 30 * 24 * 3600
+DEFAULT_NO_CHANGE_SECONDS = 7 * 24 * 3600
+
+# What screen() says of a firing deployment before any claim.
+HELD, SUPPRESSED, DUE = "cooldown", "suppressed", "due"
+
+
+@dataclass(frozen=True)
+class EpisodePolicy:
+    """The episode settings: reminder interval, resolution, and how long idle state is kept."""
+
+    cooldown_seconds: int = 1800
+    reminder_seconds: int = 1800
+    resolve_after_seconds: int = 3600
+    resolved_notifications: bool = True
+    state_ttl_seconds: int = 8 * 24 * 3600
+
+    def __post_init__(self):
+        if not self.cooldown_seconds <= self.reminder_seconds <= MAX_HOLD_SECONDS:
+            raise ValueError("reminder_seconds must be at least the cooldown and at most 30 days")
+        if self.resolve_after_seconds < 0 or self.state_ttl_seconds <= 0:
+            raise ValueError("resolve_after_seconds must not be negative, state_ttl_seconds must be positive")
+
+    @property
+    def episode_ttl_seconds(self) -> int:
+        """How long an episode outlives its last write: the state's lifetime after the longest hold."""
+        return self.state_ttl_seconds + MAX_HOLD_SECONDS
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """What the app hash keeps of the deployment's episode (field `episode`, JSON), for the save step."""
+
+    id: str | None = None  # the open episode, None when none is open
+    opened_at: float | None = None
+    sequence: int = 0  # of the last item sent
+    sent_at: float | None = None  # when the last item was sent
+    rules: frozenset[str] = frozenset()  # every rule an item of the episode carried
+    req_cpu: float | None = None  # the last item's requests
+    req_mem: float | None = None
+    cpu: float | None = None  # the last item's recommended targets (cores, MiB)
+    memory: float | None = None
+    snooze_until: float | None = None
+    no_change_until: float | None = None
+    blocked_until: float | None = None  # after `applied`: no waste episode before this
+
+    def encode(self) -> str:
+        """The JSON the app hash keeps."""
+        fields_ = {
+            "id": self.id,
+            "opened_at": self.opened_at,
+            "sequence": self.sequence,
+            "sent_at": self.sent_at,
+            "rules": sorted(self.rules),
+            "req_cpu": self.req_cpu,
+            "req_mem": self.req_mem,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "snooze_until": self.snooze_until,
+            "no_change_until": self.no_change_until,
+            "blocked_until": self.blocked_until,
+        }
+        return json.dumps({k: v for k, v in fields_.items() if v not in (None, [], 0)}, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: str | bytes | None) -> "Mirror":
+        """The mirror from the app hash's field (an empty Mirror when absent or unreadable)."""
+        if not raw:
+            return cls()
+        try:
+            data = json.loads(raw)
+            return cls(
+                id=data.get("id"),
+                opened_at=data.get("opened_at"),
+                sequence=int(data.get("sequence", 0)),
+                sent_at=data.get("sent_at"),
+                rules=frozenset(data.get("rules", ())),
+                req_cpu=data.get("req_cpu"),
+                req_mem=data.get("req_mem"),
+                cpu=data.get("cpu"),
+                memory=data.get("memory"),
+                snooze_until=data.get("snooze_until"),
+                no_change_until=data.get("no_change_until"),
+                blocked_until=data.get("blocked_until"),
+            )
+        except (ValueError, TypeError, AttributeError):
+            # A mirror is a hint: unreadable, it hides nothing, and the claim script still decides.
+            return cls()
+
+    def watch_from(self, policy: EpisodePolicy) -> float | None:
+        """From when the save step returns the usage history with the state (None: never)."""
+        if self.id is None or self.sent_at is None:
+            return None
+        # Before the window ends only a risk rule goes out (as an escalation, no history needed up
+        # front); while snoozed no waste item goes out at all.
+        return max(self.sent_at + policy.cooldown_seconds, self.snooze_until or 0)
+
+
+def targets(recommendation: Mapping[str, Any] | None) -> tuple[float | None, float | None]:
+    """The recommended CPU (cores) and memory (MiB) targets of a trigger item's recommendation."""
+    if not recommendation:
+        return None, None
+    return recommendation["cpu_cores"], recommendation["memory_mb"]
+
+
+def _moved(before: float | None, now: float | None, floor: float) -> bool:
+    if before is None or now is None:
+        return before is not now
+    return abs(now - before) > max(MATERIAL_FRACTION * abs(before), floor)
+
+
+def changes(
+    mirror: Mirror,
+    reasons: Iterable[Mapping[str, Any]],
+    state: Mapping[str, Any],
+    cpu: float | None,
+    memory: float | None,
+) -> list[str]:
+    """What is material since the episode's last item: new rules, requests or recommended targets moved."""
+    if mirror.id is None:
+        return []
+    found = []
+    if any(reason["rule"] not in mirror.rules for reason in reasons):
+        found.append(REASONS)
+    if _moved(mirror.req_cpu, state.get("req_cpu"), 0) or _moved(mirror.req_mem, state.get("req_mem"), 0):
+        found.append(REQUESTS)
+    # Targets not known now (no history read) are never called a change.
+    if cpu is not None and _moved(mirror.cpu, cpu, MIN_CPU_CHANGE_CORES):
+        found.append(CPU)
+    if memory is not None and _moved(mirror.memory, memory, MIN_MEMORY_CHANGE_MB):
+        found.append(MEMORY)
+    return found
+
+
+@dataclass(frozen=True)
+class Screen:
+    """screen()'s verdict for one firing deployment, and what it found changed."""
+
+    verdict: str
+    changed: list[str] = field(default_factory=list)
+    needs_targets: bool = False  # only the recommended targets could make it due: read the history
+
+
+def screen(
+    mirror: Mirror,
+    reasons: Sequence[Mapping[str, Any]],
+    risky: bool,
+    state: Mapping[str, Any],
+    now: float,
+    policy: EpisodePolicy,
+    known_targets: tuple[float | None, float | None] | None,
+) -> Screen:
+    """Whether a firing deployment is held back for sure (window running, reminder interval, a
+    decision, the block after `applied`) or must go to the claim script, which decides for good.
+
+    `known_targets` are the current recommended targets when the history was read, else None.
+    """
+    last = state.get("last_trigger")
+    window_running = last is not None and now < last + policy.cooldown_seconds
+    if risky:
+        # A risk rule always goes to the claim: a new window, or an escalation of the running one.
+        cpu, memory = known_targets or (None, None)
+        return Screen(DUE, changes(mirror, reasons, state, cpu, memory))
+    if window_running:
+        return Screen(HELD)
+    if mirror.id is None:
+        if mirror.blocked_until is not None and now < mirror.blocked_until:
+            return Screen(SUPPRESSED)
+        return Screen(DUE)
+    if mirror.snooze_until is not None and now < mirror.snooze_until:
+        return Screen(SUPPRESSED)
+    cpu, memory = known_targets or (None, None)
+    changed = changes(mirror, reasons, state, cpu, memory)
+    if changed:
+        return Screen(DUE, changed)
+    reminder_due = mirror.sent_at is None or now >= mirror.sent_at + policy.reminder_seconds
+    if reminder_due and not (mirror.no_change_until is not None and now < mirror.no_change_until):
+        return Screen(DUE)
+    if known_targets is None:
+        return Screen(SUPPRESSED, needs_targets=True)
+    return Screen(SUPPRESSED)
