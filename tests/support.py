@@ -1,6 +1,7 @@
 """Real processes for the tests: a throwaway redis-server and gunicorn-served services."""
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -616,3 +617,18 @@ class RefusingRedis(LoopbackServer):
                     args.append(reader.read(size + 2)[:-2])
                 self.commands.append(args)
                 conn.sendall(f"-{self.error}\r\n".encode())
+
+
+def time_passes(client, names, seconds, namespace="default"):
+    """Move every time stored of the deployments' windows and episodes `seconds` back, as if that
+    long had passed on the services' clock since (the windows run on it; their keys' TTLs only tidy up)."""
+    for name in names:
+        app, window = f"app:{namespace}:{name}", f"trigger:{namespace}:{name}"
+        episode = f"{{trigger:{namespace}:{name}}}:episode"
+        mirror = json.loads(client.hget(app, "episode"))
+        mirror["sent_at"] -= seconds
+        watch = float(client.hget(app, "watch")) - seconds
+        client.hset(app, mapping={"episode": json.dumps(mirror), "watch": watch})
+        client.hincrby(app, "last_trigger", -seconds)
+        client.hincrby(episode, "window_at", -seconds)
+        client.incrby(window, -seconds)

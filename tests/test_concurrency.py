@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
-from tests.support import both_services
+from tests.support import both_services, time_passes
 
 pytestmark = pytest.mark.gunicorn
 
@@ -81,3 +81,23 @@ def test_failing_agent_releases_the_claim_under_gunicorn(services, redis_client,
     assert second["triggered"] == ["adservice"] and second["delivery"] == "ok"
     # The first delivery was retried within its budget, then given up; only the second was accepted.
     assert len(receiver.messages) == 1 and len(receiver.calls) >= 3
+
+
+def test_concurrent_requests_number_an_episodes_items_once_each(services, redis_client, receiver, cost_payload):
+    """Fifty requests at once, twice: one first item, then (the window over) one reminder, numbered 1 and 2."""
+    cost, _ = services
+    cost_payload["deployments"] = cost_payload["deployments"][:1]
+
+    def send(_):
+        return requests.post(
+            f"{cost.url}/metrics/cost", json=cost_payload, headers={"Authorization": f"Bearer {COST_TOKEN}"}, timeout=30
+        )
+
+    for _ in range(2):
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            bodies = [response.json() for response in pool.map(send, range(50))]
+        assert sum(len(body["triggered"]) for body in bodies) == 1
+        time_passes(redis_client, ["adservice"], 3600)
+    episodes = [item["episode"] for message in receiver.messages for item in message["triggers"]]
+    assert [(e["notify"], e["sequence"]) for e in episodes] == [("first", 1), ("reminder", 2)]
+    assert episodes[0]["id"] == episodes[1]["id"]

@@ -1,13 +1,12 @@
 """Round trips to Redis per ingest request: a constant, whatever the number of deployments."""
 
-import json
-
 import pytest
 import redis
 
 from bench.redis_proxy import CountingProxy
 from cost_service import create_app as create_cost_app
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
+from tests.support import time_passes
 
 HOUR = 3600
 
@@ -44,20 +43,6 @@ def make_app(url, cluster, receiver, **settings):
     ).test_client()
 
 
-def an_hour_ago(redis_client, names):
-    """Move every time stored of the deployments' windows and episodes an hour back: the cooldown is over."""
-    for name in names:
-        app, window, episode = f"app:default:{name}", f"trigger:default:{name}", f"{{trigger:default:{name}}}:episode"
-        mirror = json.loads(redis_client.hget(app, "episode"))
-        mirror["sent_at"] -= HOUR
-        redis_client.hset(
-            app, mapping={"episode": json.dumps(mirror), "watch": float(redis_client.hget(app, "watch")) - HOUR}
-        )
-        redis_client.hincrby(app, "last_trigger", -HOUR)
-        redis_client.hincrby(episode, "window_at", -HOUR)
-        redis_client.incrby(window, -HOUR)
-
-
 @pytest.mark.parametrize("size", [2, 500])
 def test_a_held_back_reminder_costs_one_round_trip(redis_server, redis_client, receiver, size):
     proxy = CountingProxy(redis_server.port).start()
@@ -65,7 +50,7 @@ def test_a_held_back_reminder_costs_one_round_trip(redis_server, redis_client, r
     try:
         client = make_app(proxy.url, False, receiver, REMINDER_SECONDS="86400")
         assert client.post("/metrics/cost", json=cost_body(size), headers=auth(COST_TOKEN)).json["delivery"] == "ok"
-        an_hour_ago(redis_client, names)
+        time_passes(redis_client, names, HOUR)
         before = proxy.counts()
         held = client.post("/metrics/cost", json=cost_body(size, "2026-01-01T00:05:00Z"), headers=auth(COST_TOKEN))
         assert held.json["suppressed"] == names and held.json["cooldown"] == []
