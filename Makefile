@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock run test test-fast lint fmt clean redis-server valkey-server promtool bench prometheus-rule backtest
+.PHONY: help venv lock run test test-fast lint fmt clean redis-server valkey-server promtool bench prometheus-rule backtest episodes
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -118,6 +118,9 @@ bench: $(DEV_STAMP) redis-server ## Benchmark both ingest endpoints against a ba
 
 prometheus-rule: ## Regenerate the PrometheusRule of deploy/k8s/components from deploy/prometheus/alerts.yml
 	$(PYTHON) -m devtools.prometheus_rule
+
+episodes: $(DEV_STAMP) redis-server ## Replay 14-day traces through the cost service in five agent modes: items per deployment per day by notify, risk delays (several minutes; writes bench/EPISODES.md)
+	$(BIN)/python -m bench.episodes
 
 backtest: $(DEV_STAMP) redis-server ## Score the recommendations on 14-day traces replayed through the cost service (1 to 2 minutes; CSV=path for your own samples; writes bench/BACKTEST.md)
 	$(BIN)/python -m bench.backtest $(CSV)

@@ -8,7 +8,6 @@ import hmac
 import json
 import logging
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -18,7 +17,7 @@ from marshmallow import ValidationError
 
 from shared import metrics
 from shared.api import read_json_object
-from shared.episodes import APPLIED, DEFAULT_NO_CHANGE_SECONDS, MAX_HOLD_SECONDS, NO_CHANGE, SNOOZE, Mirror
+from shared.episodes import APPLIED, DEFAULT_NO_CHANGE_SECONDS, MAX_HOLD_SECONDS, NO_CHANGE, SNOOZE
 from shared.errors import ApiError
 from shared.schemas import DNS_LABEL, DecisionSchema
 from shared.services import service
@@ -119,31 +118,21 @@ def read_view(namespace: str, name: str) -> Response:
 def decision_view(namespace: str, name: str) -> Response:
     """Record the agent's decision about the deployment's open episode; answer as the read does."""
     svc = service()
-    repository = svc.aggregator.repository
     now = time.time()
-    view = _found(namespace, name)
+    _found(namespace, name)
     try:
         body = DECISION_SCHEMA.load(read_json_object())
     except ValidationError as exc:
         raise ApiError(422, "Payload failed validation.", details={"fields": exc.messages}) from None
     until = _until(body, now)
     decision, episode_id = body["decision"], body["episode_id"]
-    if not repository.decide(namespace, name, episode_id, decision, until, body["note"], now):
+    if not svc.aggregator.decide(namespace, name, episode_id, decision, until, body["note"], now):
         raise ApiError(
             409,
             "That episode is not the deployment's open episode; nothing was changed.",
             code="EPISODE_MISMATCH",
             details={"episode_id": episode_id},
         )
-    # The app hash's mirror lets ingest skip the claim; the decision above is what counts.
-    mirror = view.mirror
-    if decision == APPLIED:
-        after = svc.settings.episodes.resolve_after_seconds
-        repository.write_mirror(namespace, name, Mirror(blocked_until=now + after) if after else None)
-    elif mirror.id == episode_id:
-        snooze = until if decision == SNOOZE else mirror.snooze_until
-        no_change = until if decision == NO_CHANGE else mirror.no_change_until
-        repository.write_mirror(namespace, name, _with_holds(mirror, snooze, no_change))
     metrics.child(metrics.DECISIONS, svc.name, decision).inc()
     log.info(
         "decision",
@@ -158,10 +147,6 @@ def decision_view(namespace: str, name: str) -> Response:
         },
     )
     return jsonify(view_body(namespace, name, _found(namespace, name)))
-
-
-def _with_holds(mirror: Mirror, snooze: float | None, no_change: float | None) -> Mirror:
-    return replace(mirror, snooze_until=snooze, no_change_until=no_change)
 
 
 def blueprint() -> Blueprint:

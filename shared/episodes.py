@@ -7,7 +7,7 @@ claim, the deployments that are held back for sure, from what the app hash keeps
 """
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,18 +174,19 @@ def screen(
     state: Mapping[str, Any],
     now: float,
     policy: EpisodePolicy,
-    known_targets: tuple[float | None, float | None] | None,
+    known_targets: Callable[[], tuple[float | None, float | None] | None],
 ) -> Screen:
     """Whether a firing deployment is held back for sure (window running, reminder interval, a
     decision, the block after `applied`) or must go to the claim script, which decides for good.
 
-    `known_targets` are the current recommended targets when the history was read, else None.
+    `known_targets()` gives the current recommended targets when the history came with the state,
+    else None; it is called only past the window and outside a snooze, where they can matter.
     """
     last = state.get("last_trigger")
     window_running = last is not None and now < last + policy.cooldown_seconds
     if risky:
         # A risk rule always goes to the claim: a new window, or an escalation of the running one.
-        cpu, memory = known_targets or (None, None)
+        cpu, memory = (known_targets() if mirror.id else None) or (None, None)
         return Screen(DUE, changes(mirror, reasons, state, cpu, memory))
     if window_running:
         return Screen(HELD)
@@ -195,13 +196,12 @@ def screen(
         return Screen(DUE)
     if mirror.snooze_until is not None and now < mirror.snooze_until:
         return Screen(SUPPRESSED)
-    cpu, memory = known_targets or (None, None)
-    changed = changes(mirror, reasons, state, cpu, memory)
-    if changed:
-        return Screen(DUE, changed)
+    changed = changes(mirror, reasons, state, None, None)
     reminder_due = mirror.sent_at is None or now >= mirror.sent_at + policy.reminder_seconds
-    if reminder_due and not (mirror.no_change_until is not None and now < mirror.no_change_until):
-        return Screen(DUE)
-    if known_targets is None:
-        return Screen(SUPPRESSED, needs_targets=True)
-    return Screen(SUPPRESSED)
+    reminder_held = mirror.no_change_until is not None and now < mirror.no_change_until
+    found = known_targets()
+    if found is not None:
+        changed = changes(mirror, reasons, state, *found)
+    if changed or (reminder_due and not reminder_held):
+        return Screen(DUE, changed)
+    return Screen(SUPPRESSED, needs_targets=found is None)

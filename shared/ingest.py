@@ -3,13 +3,14 @@
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.episodes import (
+    APPLIED,
     CHANGED,
     DUE,
     ESCALATION,
@@ -196,6 +197,26 @@ class Aggregator:
             notified={name: claims.episodes[name].notify for name in sent if name in claims.episodes},
         )
 
+    def decide(
+        self, namespace: str, name: str, episode_id: str, decision: str, until: float | None, note: str, now: float
+    ) -> bool:
+        """Record the agent's decision about the deployment's open episode; False when `episode_id` is not it."""
+        repository = self.repository
+        if not repository.decide(namespace, name, episode_id, decision, until, note, now):
+            return False
+        # The app hash's mirror lets ingest skip the claim; the decision above is what counts.
+        mirror = repository.mirror(namespace, name)
+        if decision == APPLIED:
+            after = self.episodes.resolve_after_seconds
+            repository.write_mirror(namespace, name, Mirror(blocked_until=now + after) if after else None)
+        elif mirror.id == episode_id:
+            if decision == SNOOZE:
+                mirror = replace(mirror, snooze_until=until)
+            else:
+                mirror = replace(mirror, no_change_until=until)
+            repository.write_mirror(namespace, name, mirror)
+        return True
+
     def _evaluate(self, source: Source, saved: SavedPayload) -> Evaluation:
         """The reasons each stored deployment fires, those quiet, and those not evaluable."""
         found = Evaluation()
@@ -219,9 +240,13 @@ class Aggregator:
         policy = self.episodes
         no_mirror = Mirror()
         needing_targets = []
+        mirrors = {}
         for name, reasons in found.firing.items():
-            mirror = saved.mirrors.get(name, no_mirror)
-            known = self._targets(namespace, name, saved, found, saved.histories.get(name))
+            mirror = mirrors[name] = saved.mirror(name) or no_mirror
+
+            def known(name=name):
+                return self._targets(namespace, name, saved, found, saved.history(name))
+
             verdict = screen(mirror, reasons, has_risk(reasons), saved.states[name], now, policy, known)
             if verdict.needs_targets:
                 needing_targets.append(name)
@@ -232,10 +257,12 @@ class Aggregator:
             histories = self.repository.histories(namespace, needing_targets)
             for name in needing_targets:
                 found.suppressed.remove(name)
-                known = self._targets(namespace, name, saved, found, histories[name])
-                mirror = saved.mirrors.get(name, no_mirror)
+
+                def read(name=name):
+                    return self._targets(namespace, name, saved, found, histories[name])
+
                 reasons = found.firing[name]
-                self._sort(found, name, screen(mirror, reasons, False, saved.states[name], now, policy, known))
+                self._sort(found, name, screen(mirrors[name], reasons, False, saved.states[name], now, policy, read))
 
     @staticmethod
     def _sort(found: Evaluation, name: str, verdict: Screen) -> None:
@@ -259,7 +286,7 @@ class Aggregator:
         after = self.episodes.resolve_after_seconds
         resolutions = {}
         for name in found.quiet:
-            mirror = saved.mirrors.get(name)
+            mirror = saved.mirror(name)
             # The first quiet sample is the start of the count when none runs yet.
             if mirror and mirror.id and now - saved.quiet.get(name, now) >= after:
                 resolutions[name] = mirror.id
@@ -272,7 +299,10 @@ class Aggregator:
         start = [
             name
             for name in found.quiet
-            if name not in saved.quiet and name not in resolving and saved.mirrors.get(name, Mirror()).id
+            if name not in saved.quiet
+            and name not in resolving
+            and name in saved.raw_mirrors
+            and (saved.mirror(name) or Mirror()).id
         ]
         stop = [name for name in found.firing if name in saved.quiet]
         if start or stop:
@@ -329,7 +359,7 @@ class Aggregator:
             self.repository.settle_failed(namespace, claims, record)
             return
         mirrors = {
-            name: mirror_after(item, claims.episodes[name], saved.mirrors.get(name), name in claims.claimed, claims.now)
+            name: mirror_after(item, claims.episodes[name], saved.mirror(name), name in claims.claimed, claims.now)
             for name, item in items.items()
         }
         reasons = {name: item["reasons"] for name, item in items.items()}

@@ -574,9 +574,20 @@ class SavedPayload:
     states: dict[str, dict] = field(default_factory=dict)
     stale: list[str] = field(default_factory=list)
     cluster: dict[str, float | None] = field(default_factory=dict)
-    mirrors: dict[str, Mirror] = field(default_factory=dict)  # deployments whose app hash keeps an episode
     quiet: dict[str, float] = field(default_factory=dict)  # since when each one's samples fired no rule
-    histories: dict[str, History] = field(default_factory=dict)  # read with the state (see SAVE's `watch`)
+    # As Redis answered them, decoded only when asked for: most are never needed.
+    raw_mirrors: dict[str, bytes] = field(default_factory=dict)  # deployments whose app hash keeps an episode
+    raw_histories: dict[str, list] = field(default_factory=dict)  # read with the state (see SAVE's `watch`)
+
+    def mirror(self, name: str) -> Mirror | None:
+        """What the app hash keeps of the deployment's episode, None when nothing."""
+        raw = self.raw_mirrors.get(name)
+        return None if raw is None else Mirror.decode(raw)
+
+    def history(self, name: str) -> History | None:
+        """The usage history that came with the state, None when it did not."""
+        flat = self.raw_histories.get(name)
+        return None if flat is None else decode_history(_pairs(flat))
 
 
 class StateRepository:
@@ -747,9 +758,9 @@ class StateRepository:
                 saved.stale.append(row["name"])
                 continue
             if isinstance(reply, list):
-                saved.mirrors[row["name"]] = Mirror.decode(reply[1])
+                saved.raw_mirrors[row["name"]] = reply[1]
                 if len(reply) > 2:
-                    saved.histories[row["name"]] = decode_history(_pairs(reply[2]))
+                    saved.raw_histories[row["name"]] = reply[2]
                 reply = reply[0]
             # What was written is the payload's own numbers; only the rest comes back from Redis.
             state = {name: row[name] for name in value_fields}
@@ -970,6 +981,10 @@ class StateRepository:
         [reply] = self.runner.run(DECIDE, [Unit(keys, args)], lambda _: [])
         raise_first([reply])
         return bool(reply)
+
+    def mirror(self, namespace: str, name: str) -> Mirror:
+        """What the app hash keeps of the deployment's episode."""
+        return Mirror.decode(self.redis.hget(self.app_key(namespace, name), "episode"))
 
     def write_mirror(self, namespace: str, name: str, mirror: Mirror | None) -> None:
         """Replace the app hash's mirror of the episode (None: drop it, with its quiet count)."""

@@ -39,3 +39,19 @@ def test_a_csv_without_the_columns_is_refused(tmp_path):
     path.write_text("time,name,cpu\n1,a,0.1\n")
     with pytest.raises(ValueError, match="missing column"):
         from_csv(path)
+
+
+@pytest.mark.slow
+def test_the_episodes_replay_matches_the_spec_by_default_and_spares_the_agent_otherwise(tmp_path):
+    from bench import episodes
+
+    output = tmp_path / "EPISODES.md"
+    assert episodes.main(["--deployments", "10", "--days", "4", "--modes", "ace", "--output", str(output)]) == 0
+    text = output.read_text()
+    rows = {line.split("|")[1].strip()[:3]: line.split("|") for line in text.splitlines() if line.startswith("| (")}
+    # (a): the spec's rule, one item per firing deployment per cooldown window, 48 a day.
+    assert "Goals: all met." in text
+    assert rows["(a)"][7].strip().endswith("(48.00)")
+    # (c): the agent said "no change": reminders stop, and after the first day little is sent.
+    assert rows["(c)"][4].strip() == "0.00 (0.00)"
+    assert float(rows["(c)"][7].split("(")[1].rstrip(") ")) <= 1
