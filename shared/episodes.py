@@ -68,6 +68,7 @@ class Mirror:
     memory: float | None = None
     snooze_until: float | None = None
     no_change_until: float | None = None
+    reminder_every: float | None = None  # after `no_change`: the span the agent asked for, when longer
     blocked_until: float | None = None  # after `applied`: no waste episode before this
 
     def encode(self) -> str:
@@ -84,6 +85,7 @@ class Mirror:
             "memory": self.memory,
             "snooze_until": self.snooze_until,
             "no_change_until": self.no_change_until,
+            "reminder_every": self.reminder_every,
             "blocked_until": self.blocked_until,
         }
         return json.dumps({k: v for k, v in fields_.items() if v not in (None, [], 0)}, separators=(",", ":"))
@@ -107,6 +109,7 @@ class Mirror:
                 memory=data.get("memory"),
                 snooze_until=data.get("snooze_until"),
                 no_change_until=data.get("no_change_until"),
+                reminder_every=data.get("reminder_every"),
                 blocked_until=data.get("blocked_until"),
             )
         except (ValueError, TypeError, AttributeError):
@@ -197,7 +200,8 @@ def screen(
     if mirror.snooze_until is not None and now < mirror.snooze_until:
         return Screen(SUPPRESSED)
     changed = changes(mirror, reasons, state, None, None)
-    reminder_due = mirror.sent_at is None or now >= mirror.sent_at + policy.reminder_seconds
+    every = max(policy.reminder_seconds, mirror.reminder_every or 0)
+    reminder_due = mirror.sent_at is None or now >= mirror.sent_at + every
     reminder_held = mirror.no_change_until is not None and now < mirror.no_change_until
     found = known_targets()
     if found is not None:

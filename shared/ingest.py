@@ -73,6 +73,7 @@ def mirror_after(
         memory=memory,
         snooze_until=place.until if place.decision == SNOOZE else None,
         no_change_until=place.until if place.decision == NO_CHANGE else None,
+        reminder_every=place.reminder_every or None,
     )
 
 
@@ -159,19 +160,15 @@ class Aggregator:
         saved = source.save(self.repository, payload, now)
         found = self._evaluate(source, saved)
         self._screen(namespace, found, saved, now)
+        resolutions = self._resolutions(found, saved, now)
+        self._mark_quiet(namespace, found, saved, resolutions, now)
         risky = {name for name in found.due if has_risk(found.firing[name])}
         if found.due:
             claims = self.repository.claim(namespace, found.due, risky, now, changed=found.changed)
         else:
             claims = Claims(now, 0.0)
-        resolutions = self._resolutions(found, saved, now)
         if resolutions:
-            resolved = self.repository.resolve(namespace, resolutions, now)
-            if self.episodes.resolved_notifications:
-                claims = claims.merge(resolved)
-            elif resolved.resolved:
-                self.repository.settle_delivered(namespace, resolved, mirrors=dict.fromkeys(resolved.resolved))
-        self._mark_quiet(namespace, found, saved, resolutions, now)
+            claims = self._resolve(namespace, claims, resolutions, now, request_id)
         sent = claims.sent
         outcome = None
         if sent:
@@ -197,6 +194,24 @@ class Aggregator:
             notified={name: claims.episodes[name].notify for name in sent if name in claims.episodes},
         )
 
+    def _resolve(
+        self, namespace: str, claims: Claims, resolutions: dict[str, str], now: float, request_id: str
+    ) -> Claims:
+        """Claim the resolved items of `resolutions` besides `claims`; with RESOLVED_NOTIFICATIONS off, end them now."""
+        try:
+            resolved = self.repository.resolve(namespace, resolutions, now)
+            if not self.episodes.resolved_notifications:
+                if resolved.resolved:
+                    self.repository.settle_delivered(namespace, resolved, mirrors=dict.fromkeys(resolved.resolved))
+                return claims
+        except (RedisTimeoutError, RedisConnectionError):
+            log.warning("claims left to their lease: redis did not answer", extra={"request_id": request_id})
+            raise
+        except BaseException:
+            self._release_after_failure(namespace, claims, request_id)
+            raise
+        return claims.merge(resolved)
+
     def decide(
         self, namespace: str, name: str, episode_id: str, decision: str, until: float | None, note: str, now: float
     ) -> bool:
@@ -213,7 +228,7 @@ class Aggregator:
             if decision == SNOOZE:
                 mirror = replace(mirror, snooze_until=until)
             else:
-                mirror = replace(mirror, no_change_until=until)
+                mirror = replace(mirror, no_change_until=until, reminder_every=None if until is None else until - now)
             repository.write_mirror(namespace, name, mirror)
         return True
 
@@ -238,10 +253,16 @@ class Aggregator:
         # clock and the decisions, without asking Redis; the claim script decides the rest,
         # seeing windows whose trigger is still in flight and decisions made since.
         policy = self.episodes
+        cooldown = policy.cooldown_seconds
         no_mirror = Mirror()
         needing_targets = []
         mirrors = {}
         for name, reasons in found.firing.items():
+            state = saved.states[name]
+            last = state.get("last_trigger")
+            if last is not None and now < last + cooldown and not has_risk(reasons):
+                found.held.append(name)  # the steady state: no episode needs reading
+                continue
             mirror = mirrors[name] = saved.mirror(name) or no_mirror
 
             def known(name=name):

@@ -194,7 +194,9 @@ return out
 # something material changed, the item id and the id a new episode would get. Answers per
 # deployment 0 (held by the window), 3 (held by the reminder interval, a decision or `applied`),
 # or {1 (window) or 2 (escalation), item id, 1 when re-sent for an unsettled claim (else 0),
-# episode id, its opened_at, sequence, notify, the decision in force ('' if none), its until}.
+# episode id, its opened_at, sequence, notify, the decision in force ('' if none), its until,
+# the reminder interval in force}. After `no_change`, reminders come at most once per the span the
+# agent gave (`until` - when it decided), also once that span is over.
 CLAIM = Script(
     f"""{PROLOGUE}
 local now, lease, cooldown = A[ao + 1], tonumber(A[ao + 2]), tonumber(A[ao + 3])
@@ -212,9 +214,14 @@ for i = 1, nk / 5 do
   local b, a = ko + 5 * i - 5, ao + 5 + 4 * i - 4
   local window, escalation, pending, episode, applied = K[b + 1], K[b + 2], K[b + 3], K[b + 4], K[b + 5]
   local risk, changed, item_id, new_episode = A[a + 1] == '1', A[a + 2] == '1', A[a + 3], A[a + 4]
-  local ep = redis.call('HMGET', episode, 'id', 'opened_at', 'window_at', 'decision', 'until')
+  local ep = redis.call('HMGET', episode, 'id', 'opened_at', 'window_at', 'decision', 'until', 'decided_at')
   local until_ = tonumber(ep[5]) or 0
   local decision = (ep[1] and until_ > clock) and ep[4] or ''
+  -- After `no_change` the agent is reminded at most as often as the span it asked for.
+  local every = reminder
+  if ep[4] == 'no_change' and tonumber(ep[6]) then
+    every = math.max(reminder, until_ - tonumber(ep[6]))
+  end
   local slot, notify = nil, nil
   -- The window runs on the claims' clock: its key's TTL only tidies up after it (and frees a
   -- claim whose lease ran out).
@@ -229,7 +236,7 @@ for i = 1, nk / 5 do
     elseif decision ~= 'snooze' then
       if changed then
         notify = 'changed'
-      elseif decision ~= 'no_change' and (not ep[3] or tonumber(ep[3]) + reminder <= clock) then
+      elseif decision ~= 'no_change' and (not ep[3] or tonumber(ep[3]) + every <= clock) then
         notify = 'reminder'
       end
     end
@@ -270,7 +277,7 @@ for i = 1, nk / 5 do
     end
     redis.call('EXPIRE', pending, cooldown)
     redis.call('EXPIRE', episode, episode_ttl)
-    out[i] = {{slot == 'window' and 1 or 2, id, reclaimed, ep[1], ep[2], sequence, notify, decision, until_}}
+    out[i] = {{slot == 'window' and 1 or 2, id, reclaimed, ep[1], ep[2], sequence, notify, decision, until_, every}}
   elseif not out[i] then
     out[i] = 0
   end
@@ -511,6 +518,7 @@ class EpisodeItem:
     notify: str
     decision: str = ""  # the decision in force ('' when none), for the mirror
     until: float = 0
+    reminder_every: float = 0  # the reminder interval in force (longer after `no_change`)
 
 
 @dataclass(frozen=True)
@@ -832,7 +840,7 @@ class StateRepository:
         episodes: dict[str, EpisodeItem] = {}
         for name, reply in zip(names, replies):
             if isinstance(reply, list):
-                kind, item_id, prior, episode_id, opened_at, sequence, notify, decision, until = reply
+                kind, item_id, prior, episode_id, opened_at, sequence, notify, decision, until, every = reply
                 (claimed if kind == CLAIMED else escalated).append(name)
                 won_ids[name] = item_id.decode()
                 episodes[name] = EpisodeItem(
@@ -842,6 +850,7 @@ class StateRepository:
                     notify.decode(),
                     decision.decode(),
                     int(until),
+                    int(every),
                 )
                 if prior:
                     reclaimed.append(name)

@@ -362,3 +362,15 @@ def test_keys_of_an_episode_share_the_cooldown_key_slot():
         StateRepository.resolving_key("default", "a"),
     ):
         assert key_slot(key.encode()) == window
+
+
+def test_after_no_change_reminders_come_at_most_once_per_the_span_the_agent_gave(feed, receiver):
+    feed.cost(T0)
+    episode_id = items(receiver)[0]["episode"]["id"]
+    assert feed.cost_service.aggregator.decide("default", "adservice", episode_id, "no_change", T0 + DAY, "", T0 + 60)
+    assert feed.cost(T0 + HOUR).suppressed == ["adservice"]
+    assert feed.cost(T0 + DAY - MINUTE).suppressed == ["adservice"]
+    assert feed.cost(T0 + DAY + MINUTE).triggered == ["adservice"]  # the span is over: one reminder
+    assert feed.cost(T0 + DAY + HOUR).suppressed == ["adservice"]  # and not one per cooldown after it
+    assert feed.cost(T0 + 2 * DAY + 2 * MINUTE).triggered == ["adservice"]
+    assert notifies(receiver) == [("first", 1), ("reminder", 2), ("reminder", 3)]

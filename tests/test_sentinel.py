@@ -168,6 +168,14 @@ def check_one_trigger_per_window(receiver):
         for item in message["triggers"]:
             counts[(item["deployment"], bool(item.get("escalation")))] += 1
     assert counts and max(counts.values()) == 1, counts
+    # Each deployment's items are one episode, numbered from 1 without a gap or a repeat.
+    episodes = collections.defaultdict(list)
+    for message in receiver.messages:
+        for item in message["triggers"]:
+            episodes[item["deployment"]].append((item["episode"]["id"], item["episode"]["sequence"]))
+    for items in episodes.values():
+        assert len({episode_id for episode_id, _ in items}) == 1, items
+        assert sorted(sequence for _, sequence in items) == list(range(1, len(items) + 1)), items
 
 
 def followed_the_announcement(services, old_port, new_port):
