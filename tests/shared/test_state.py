@@ -408,3 +408,34 @@ def test_a_claim_meeting_a_moved_slot_still_wins_every_window(redis_cluster):
         _, repo, _ = moved
         # Claims of the moved slot's node come after others in its group: none may be lost.
         assert won(repo.claim(NS, names, set(), now=1000)) == (names, [])
+
+
+def test_episodes_decisions_and_resolutions_on_every_store(repo, redis_client):
+    """The episode scripts (claim, decide, resolve, quiet count) on one Redis, a Cluster and Valkey."""
+    first = repo.claim(NS, ["a", "b"], set(), now=1000)
+    assert {name: item.notify for name, item in first.episodes.items()} == {"a": "first", "b": "first"}
+    repo.settle_delivered(NS, first, {"a": [], "b": []})
+    episode_a = first.episodes["a"].episode_id
+    assert repo.decide(NS, "a", "not-the-episode", "no_change", 1000 + 86400, "", 1001) is False
+    assert repo.decide(NS, "a", episode_a, "no_change", 1000 + 86400, "looked", 1001) is True
+    assert repo.decide(NS, "b", first.episodes["b"].episode_id, "applied", None, "", 1001) is True
+    # An hour on: a's reminder is held by the decision, b's episode is over and waste cannot reopen it.
+    later = repo.claim(NS, ["a", "b"], set(), now=1000 + 3600)
+    assert later.suppressed == ["a", "b"] and won(later) == ([], [])
+    # A risk rule gets through both: a as a reminder of its episode, b as a new episode's first item.
+    risk = repo.claim(NS, ["a", "b"], {"a", "b"}, now=1000 + 3601)
+    assert {name: (item.notify, item.sequence) for name, item in risk.episodes.items()} == {
+        "a": ("reminder", 2),
+        "b": ("first", 1),
+    }
+    repo.settle_delivered(NS, risk, {"a": [], "b": []})
+    # a goes quiet: its count starts, and its episode resolves once, with the next number.
+    repo.mark_quiet(NS, ["a"], [], now=9000)
+    assert redis_client.hget("app:default:a", "quiet_since") == b"9000"
+    resolved = repo.resolve(NS, {"a": episode_a}, now=9000 + 3600)
+    assert resolved.resolved == ["a"] and resolved.episodes["a"].sequence == 3
+    assert repo.resolve(NS, {"a": episode_a}, now=9000 + 3601).resolved == []  # in flight: not twice
+    repo.settle_delivered(NS, resolved, mirrors={"a": None})
+    assert not redis_client.exists(StateRepository.episode_key(NS, "a"))
+    assert not redis_client.hexists("app:default:a", "quiet_since")
+    assert repo.resolve(NS, {"a": episode_a}, now=9000 + 3602).resolved == []  # over: not again
