@@ -1,8 +1,9 @@
 """One ingest request, start to finish: store, evaluate, claim cooldowns, trigger, settle the claims."""
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -198,18 +199,12 @@ class Aggregator:
         self, namespace: str, claims: Claims, resolutions: dict[str, str], now: float, request_id: str
     ) -> Claims:
         """Claim the resolved items of `resolutions` besides `claims`; with RESOLVED_NOTIFICATIONS off, end them now."""
-        try:
+        with self._given_back_on_failure(namespace, claims, request_id):
             resolved = self.repository.resolve(namespace, resolutions, now)
             if not self.episodes.resolved_notifications:
                 if resolved.resolved:
                     self.repository.settle_delivered(namespace, resolved, mirrors=dict.fromkeys(resolved.resolved))
                 return claims
-        except (RedisTimeoutError, RedisConnectionError):
-            log.warning("claims left to their lease: redis did not answer", extra={"request_id": request_id})
-            raise
-        except BaseException:
-            self._release_after_failure(namespace, claims, request_id)
-            raise
         return claims.merge(resolved)
 
     def decide(
@@ -343,22 +338,28 @@ class Aggregator:
         Whatever stops us before an outcome gives the claims back first, if Redis still answers.
         """
         sent = claims.sent
-        try:
+        with self._given_back_on_failure(namespace, claims, request_id):
             # Read here, for the few deployments triggered that the save did not bring a history for.
             unread = [n for n in sent if n not in found.recommendations and n not in claims.resolved]
             histories = self.repository.histories(namespace, unread) if unread else {}
             items = {name: self._item(namespace, name, saved, found, claims, histories.get(name)) for name in sent}
             message = build_trigger(source.name, namespace, saved.cluster, list(items.values()))
             return message, self.webhook.deliver(message, request_id), items
+
+    @contextlib.contextmanager
+    def _given_back_on_failure(self, namespace: str, claims: Claims, request_id: str) -> Iterator[None]:
+        """Whatever stops the request before an outcome gives its claims back, if Redis still answers."""
+        try:
+            yield
         except (RedisTimeoutError, RedisConnectionError):
             # Redis did not answer within the request's Redis time: a release would wait out the
             # same stall again. The claims free themselves when their lease ends.
             log.warning("claims left to their lease: redis did not answer", extra={"request_id": request_id})
             raise
         except BaseException:
-            # Whatever else stops us before an outcome (Redis refusing the history read, a bug, the
-            # worker being told to exit) must not leave windows claimed with nothing sent: give
-            # them back, so a resend triggers.
+            # Whatever else stops us (Redis refusing the history read, a bug, the worker being told
+            # to exit) must not leave windows claimed with nothing sent: give them back, so a
+            # resend triggers.
             self._release_after_failure(namespace, claims, request_id)
             raise
 
