@@ -185,14 +185,18 @@ def summarise(deployments, days, received):
 
 
 def reopened_after_applied(received):
-    """Waste episodes opened again after the agent applied (mode d): (deployments, episodes)."""
-    applied, reopened = set(), Counter()
+    """After the agent applied (mode d): (deployments that opened a waste episode again, such
+    episodes, episodes a risk rule opened)."""
+    applied, reopened, risk_opened = set(), Counter(), 0
     for _, name, notify, risk, _ in received:
         if notify == FIRST:
-            if name in applied and not risk:
-                reopened[name] += 1
+            if name in applied:
+                if risk:
+                    risk_opened += 1
+                else:
+                    reopened[name] += 1
             applied.add(name)
-    return len(reopened), sum(reopened.values())
+    return len(reopened), sum(reopened.values()), risk_opened
 
 
 def main(argv=None):
@@ -240,12 +244,16 @@ def main(argv=None):
         if mode == "c" and total_later > 1:
             failures.append(f"(c) {total_later:.2f} items per deployment per day after day 1 (goal: at most 1)")
         if mode == "d":
-            deployments_reopened, episodes = reopened_after_applied(received)
+            deployments_reopened, episodes, risk_opened = reopened_after_applied(received)
             notes.append(
-                f"(d) after `applied`, {deployments_reopened} deployments opened {episodes} new waste episodes"
-                " (the applied requests are the recommendation, sized on the p90 of use plus 15 %: a quiet night"
-                " can still waste more than half of them)."
+                f"(d) after `applied`, {deployments_reopened} deployments opened {episodes} new waste episodes;"
+                f" {risk_opened} new episodes were opened by a risk rule. The applied requests are the"
+                " recommendation, the p90 of use plus 15 % headroom: use at the p90 is then 1/1.15 = 87 % of"
+                " the request, above CPU_UTILISATION_THRESHOLD (0.85), so `cpu_utilisation` fires whenever"
+                " use reaches its p90."
             )
+            if episodes:
+                failures.append(f"(d) {episodes} waste episodes opened again after applied")
     lines += ["", *notes, "", "Goals: " + ("all met." if not failures else "not met: " + "; ".join(failures) + ".")]
     Path(args.output).write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-3:]))
