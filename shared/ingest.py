@@ -23,6 +23,7 @@ from shared.episodes import (
     EpisodePolicy,
     Mirror,
     Screen,
+    changes,
     screen,
     targets,
 )
@@ -137,6 +138,7 @@ class Evaluation:
     suppressed: list[str] = field(default_factory=list)  # reminder interval, decision or `applied`, for sure
     changed: dict[str, list[str]] = field(default_factory=dict)  # name -> what is material, when anything is
     recommendations: dict[str, dict] = field(default_factory=dict)  # worked out already, from a history read
+    mirrors: dict[str, Mirror] = field(default_factory=dict)  # read after the claim, where the save sent none
 
 
 @dataclass
@@ -317,8 +319,7 @@ class Aggregator:
             for name in found.quiet
             if name not in saved.quiet
             and name not in resolving
-            and name in saved.raw_mirrors
-            and (saved.mirror(name) or Mirror()).id
+            and (name in saved.unfetched or (saved.mirror(name) or Mirror()).id)
         ]
         stop = [name for name in found.firing if name in saved.quiet]
         if start or stop:
@@ -341,7 +342,9 @@ class Aggregator:
         with self._given_back_on_failure(namespace, claims, request_id):
             # Read here, for the few deployments triggered that the save did not bring a history for.
             unread = [n for n in sent if n not in found.recommendations and n not in claims.resolved]
-            histories = self.repository.histories(namespace, unread) if unread else {}
+            # An escalation inside a window: its episode's mirror did not come with the state.
+            unmirrored = [n for n in sent if n in saved.unfetched]
+            histories, found.mirrors = self.repository.histories_and_mirrors(namespace, unread, unmirrored)
             items = {name: self._item(namespace, name, saved, found, claims, histories.get(name)) for name in sent}
             message = build_trigger(source.name, namespace, saved.cluster, list(items.values()))
             return message, self.webhook.deliver(message, request_id), items
@@ -381,11 +384,18 @@ class Aggregator:
             self.repository.settle_failed(namespace, claims, record)
             return
         mirrors = {
-            name: mirror_after(item, claims.episodes[name], saved.mirror(name), name in claims.claimed, claims.now)
+            name: mirror_after(
+                item, claims.episodes[name], self._mirror(name, saved, found), name in claims.claimed, claims.now
+            )
             for name, item in items.items()
         }
         reasons = {name: item["reasons"] for name, item in items.items()}
         self.repository.settle_delivered(namespace, claims, reasons, mirrors)
+
+    @staticmethod
+    def _mirror(name: str, saved: SavedPayload, found: Evaluation) -> Mirror | None:
+        """The deployment's episode mirror, as the save or the read after the claim brought it."""
+        return found.mirrors.get(name) or saved.mirror(name)
 
     def _release_after_failure(self, namespace: str, claims: Claims, request_id: str) -> None:
         """Give back the claims of a request that is failing; the original error is the one to report."""
@@ -405,6 +415,8 @@ class Aggregator:
             recommendation = found.recommendations.get(name) or self._recommend(namespace, name, state, history)
             cost = price(saved.cluster, state, recommendation, self.cpu_memory_price_ratio)
         changed = found.changed.get(name, []) if place.notify in (CHANGED, ESCALATION) else []
+        if name in found.mirrors and place.notify in (CHANGED, ESCALATION):
+            changed = changes(found.mirrors[name], reasons, state, *targets(recommendation))
         item = {
             "id": claims.ids[name],
             "deployment": name,

@@ -93,15 +93,17 @@ DEFAULT_CLAIM_LEASE_SECONDS = claim_lease_seconds(2, 5)
 # Store one payload. Arguments: the counts of rows, keys per row and items; the item mode ('set'
 # for cost, 'get' for forecast); the timestamp field and the payload's timestamp; the count and
 # names of the value fields written, then of the fields read back; the history's UTC day number
-# and half-life ('' and 0 for no history recorded); now (the service's clock) and the app hash's
-# lifetime (0: for ever); each row's values in that order (with a history, then its CPU bucket
-# field and memory); each written item's value. Keys: each row's keys (its app hash first, then
-# its usage history when histories are kept), then each item's (the cluster key, and with 'set'
-# its timestamp key). Per row: write unless the stored data from the same source is newer, count
-# the sample in the usage history (record_usage skips a sample it counted already), and answer
-# the read-back fields as one comma-joined string ('' where absent), or 0 when skipped. A row
-# whose app hash holds an episode mirror answers {that string, the mirror} instead, with the
-# usage history's fields third once `watch` (the time from which the episode may need the
+# and half-life ('' and 0 for no history recorded); now (the service's clock), the app hash's
+# lifetime (0: for ever), where last_trigger and quiet_since are among the fields read, the
+# cooldown and '1' to send every mirror; each row's values in that order (with a history, then
+# its CPU bucket field and memory); each written item's value. Keys: each row's keys (its app
+# hash first, then its usage history when histories are kept), then each item's (the cluster
+# key, and with 'set' its timestamp key). Per row: write unless the stored data from the same
+# source is newer, count the sample in the usage history (record_usage skips a sample it counted
+# already), and answer the read-back fields as one comma-joined string ('' where absent), or 0
+# when skipped. A row whose app hash holds an episode mirror answers {that string} inside its
+# running window (a waste rule is held there without it), else {that string, the mirror}, with
+# the usage history's fields third once `watch` (the time from which the episode may need the
 # recommendation) has come. The app hash's lifetime is renewed on the first sample of each hour
 # of payload time. Per item: with 'set', write unless its timestamp key is newer; answer the
 # value stored after. The per-row work is kept to one HMGET and one HSET (two more with a
@@ -120,13 +122,14 @@ end
 for j = 1, nread do
   read[j + 1] = A[ao + 8 + nfields + j]
 end
-read[nread + 2], read[nread + 3] = 'episode', 'watch'
+read[nread + 2] = 'watch'
 local h = ao + 9 + nfields + nread
 local day, half_life = tonumber(A[h]), tonumber(A[h + 1])
 local now, ttl = tonumber(A[h + 2]), tonumber(A[h + 3])
+local last_at, quiet_at, cooldown, always = tonumber(A[h + 4]), tonumber(A[h + 5]), tonumber(A[h + 6]), A[h + 7] == '1'
 local history = A[h] ~= ''
 local per_values = history and nfields + 2 or nfields
-local out, v, k = {{}}, h + 4, ko
+local out, v, k = {{}}, h + 8, ko
 for i = 1, rows do
   local key = K[k + 1]
   local got = redis.call('HMGET', key, unpack(read))
@@ -148,13 +151,24 @@ for i = 1, rows do
       end
     end
     local joined = table.concat(got, ',', 2, nread + 1)
-    local mirror, watch = got[nread + 2], tonumber(got[nread + 3])
-    if not mirror then
+    local watch = got[nread + 2]
+    if not watch then
       out[i] = joined
-    elseif per_row > 1 and watch and watch <= now then
-      out[i] = {{joined, mirror, redis.call('HGETALL', K[k + 2])}}
     else
-      out[i] = {{joined, mirror}}
+      -- Inside a running window a waste rule is held without the episode; past it, or with a
+      -- quiet count running, the worker needs the mirror.
+      local last = tonumber(got[last_at])
+      if always or not last or last + cooldown <= now or got[quiet_at] ~= '' then
+        local mirror = redis.call('HGET', key, 'episode') or ''
+        watch = tonumber(watch)
+        if per_row > 1 and watch and watch <= now then
+          out[i] = {{joined, mirror, redis.call('HGETALL', K[k + 2])}}
+        else
+          out[i] = {{joined, mirror}}
+        end
+      else
+        out[i] = {{joined}}
+      end
     end
   else
     out[i] = 0
@@ -586,6 +600,11 @@ class SavedPayload:
     # As Redis answered them, decoded only when asked for: most are never needed.
     raw_mirrors: dict[str, bytes] = field(default_factory=dict)  # deployments whose app hash keeps an episode
     raw_histories: dict[str, list] = field(default_factory=dict)  # read with the state (see SAVE's `watch`)
+    unfetched: set[str] = field(default_factory=set)  # their app hash keeps an episode mirror, not read (in a window)
+
+    def keeps_episode(self, name: str) -> bool:
+        """Whether the deployment's app hash keeps an episode mirror (read or not)."""
+        return name in self.unfetched or name in self.raw_mirrors
 
     def mirror(self, name: str) -> Mirror | None:
         """What the app hash keeps of the deployment's episode, None when nothing."""
@@ -749,7 +768,16 @@ class StateRepository:
             usage = ("", 0)
             rows = [Unit((app_key(namespace, row["name"]),), values(row)) for row in deployments]
         keys_per_row = 2 if kept else 1
-        clock = (time.time() if now is None else now, self.episodes.state_ttl_seconds + 3600)
+        policy = self.episodes
+        # Where last_trigger and quiet_since are in the script's HMGET; with RESOLVE_AFTER_SECONDS=0
+        # every quiet sample may resolve, so the mirror always comes.
+        episode = (
+            read_back.index("last_trigger") + 2,
+            read_back.index("quiet_since") + 2,
+            self.cooldown_seconds,
+            "1" if policy.resolve_after_seconds == 0 else "0",
+        )
+        clock = (time.time() if now is None else now, policy.state_ttl_seconds + 3600, *episode)
 
         def header(units):
             count = sum(unit.kind == ROW for unit in units)
@@ -766,7 +794,10 @@ class StateRepository:
                 saved.stale.append(row["name"])
                 continue
             if isinstance(reply, list):
-                saved.raw_mirrors[row["name"]] = reply[1]
+                if len(reply) == 1:
+                    saved.unfetched.add(row["name"])
+                else:
+                    saved.raw_mirrors[row["name"]] = reply[1]
                 if len(reply) > 2:
                     saved.raw_histories[row["name"]] = reply[2]
                 reply = reply[0]
@@ -784,11 +815,22 @@ class StateRepository:
 
     def histories(self, namespace: str, names: Sequence[str]) -> dict[str, History]:
         """The decoded usage history of each of `names` ({name: History}); one round trip."""
+        return self.histories_and_mirrors(namespace, names, ())[0]
+
+    def histories_and_mirrors(
+        self, namespace: str, names: Sequence[str], mirrored: Sequence[str]
+    ) -> tuple[dict[str, History], dict[str, Mirror]]:
+        """The usage histories of `names` and the episode mirrors of `mirrored`; one round trip."""
+        if not names and not mirrored:
+            return {}, {}
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(self.history_key(namespace, name))
-        replies = pipe.execute() if names else []
-        return {name: decode_history(flat) for name, flat in zip(names, replies)}
+        for name in mirrored:
+            pipe.hget(self.app_key(namespace, name), "episode")
+        replies = pipe.execute()
+        histories = {name: decode_history(flat) for name, flat in zip(names, replies)}
+        return histories, {name: Mirror.decode(raw) for name, raw in zip(mirrored, replies[len(names) :])}
 
     def claim(
         self,

@@ -150,7 +150,8 @@ def test_a_risk_rule_escalates_the_window_and_gets_through_any_hold(base_config,
     assert escalated.triggered == ["adservice"]
     item = items(receiver)[-1]
     assert item["escalation"] is True and item["episode"]["notify"] == "escalation"
-    assert item["episode"]["sequence"] == 2 and item["episode"]["changed"] == ["reasons"]
+    # The predicted peak is new (reasons), and the recommendation follows it up (cpu).
+    assert item["episode"]["sequence"] == 2 and item["episode"]["changed"] == ["reasons", "cpu"]
     # After the window, the risk still firing goes out at once (the reminder interval is for waste).
     assert feed.forecast(T0 + 31 * MINUTE, peak=1.9).triggered == ["adservice"]
     assert notifies(receiver)[-1] == ("reminder", 3)
