@@ -4,19 +4,18 @@ Served only when AGENT_TOKEN is set, and only to it: the ingest callers' tokens 
 as AGENT_TOKEN is on the ingest paths.
 """
 
-import hmac
 import json
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
 from flask_httpauth import HTTPTokenAuth
 from marshmallow import ValidationError
 
 from shared import metrics
-from shared.api import read_json_object
+from shared.api import accepted, read_json_object, refuse
 from shared.episodes import APPLIED, DEFAULT_NO_CHANGE_SECONDS, MAX_HOLD_SECONDS, NO_CHANGE, SNOOZE
 from shared.errors import ApiError
 from shared.schemas import DNS_LABEL, DecisionSchema
@@ -30,14 +29,10 @@ agent_auth = HTTPTokenAuth(scheme="Bearer")
 
 @agent_auth.verify_token
 def _verify_agent_token(token: str | None) -> bool | None:
-    presented = (token or "").encode()
-    matches = [hmac.compare_digest(presented, accepted.encode()) for accepted in service().settings.agent_tokens]
-    return True if any(matches) else None
+    return accepted(token, service().settings.agent_tokens)
 
 
-@agent_auth.error_handler
-def _auth_failed(status: int) -> NoReturn:
-    raise ApiError(401, "A valid bearer token is required.", headers={"WWW-Authenticate": "Bearer"})
+agent_auth.error_handler(refuse)
 
 
 DECISION_SCHEMA = DecisionSchema()

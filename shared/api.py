@@ -16,17 +16,25 @@ from shared.services import service
 token_auth = HTTPTokenAuth(scheme="Bearer")
 
 
-@token_auth.verify_token
-def _verify_token(token: str | None) -> bool | None:
+def accepted(token: str | None, tokens: tuple[str, ...]) -> bool | None:
+    """True when `token` is one of `tokens` (None otherwise, as Flask-HTTPAuth expects)."""
     presented = (token or "").encode()
     # Compare against every accepted token, so timing says nothing about which one matched.
-    matches = [hmac.compare_digest(presented, accepted.encode()) for accepted in service().settings.tokens]
+    matches = [hmac.compare_digest(presented, candidate.encode()) for candidate in tokens]
     return True if any(matches) else None
 
 
-@token_auth.error_handler
-def _auth_failed(status: int) -> NoReturn:
+def refuse(status: int) -> NoReturn:
+    """Flask-HTTPAuth's error handler: the one 401 of the JSON error shape."""
     raise ApiError(401, "A valid bearer token is required.", headers={"WWW-Authenticate": "Bearer"})
+
+
+@token_auth.verify_token
+def _verify_token(token: str | None) -> bool | None:
+    return accepted(token, service().settings.tokens)
+
+
+token_auth.error_handler(refuse)
 
 
 def _reject_constant(name: str) -> NoReturn:
