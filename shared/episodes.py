@@ -1,6 +1,6 @@
 """Episodes: one deployment's run of firing, and whether its next firing is news for the agent.
 
-Pure functions and records, no Redis: the claim script (shared/state.py) decides atomically what
+Pure functions and records (over shared.rules), no Redis: the claim script (shared/state.py) decides atomically what
 goes out; what is here tells it whether something material changed, and screens out, before any
 claim, the deployments that are held back for sure, from what the app hash keeps of the episode
 (the "mirror", written with each settle and decision).
@@ -10,6 +10,8 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from shared.rules import cooldown_remaining
 
 FIRST, CHANGED, REMINDER, ESCALATION, RESOLVED = "first", "changed", "reminder", "escalation", "resolved"
 NOTIFY_KINDS = (FIRST, CHANGED, REMINDER, ESCALATION, RESOLVED)
@@ -171,7 +173,7 @@ class Screen:
 
 
 def screen(
-    mirror: Mirror,
+    mirror_of: Callable[[], Mirror],
     reasons: Sequence[Mapping[str, Any]],
     risky: bool,
     state: Mapping[str, Any],
@@ -182,17 +184,17 @@ def screen(
     """Whether a firing deployment is held back for sure (window running, reminder interval, a
     decision, the block after `applied`) or must go to the claim script, which decides for good.
 
-    `known_targets()` gives the current recommended targets when the history came with the state,
-    else None; it is called only past the window and outside a snooze, where they can matter.
+    `mirror_of()` gives the episode's mirror, and `known_targets()` the current recommended targets
+    when the history came with the state, else None; each is asked only where it can matter (a
+    waste rule inside its window, the steady state, needs neither).
     """
-    last = state.get("last_trigger")
-    window_running = last is not None and now < last + policy.cooldown_seconds
+    if not risky and cooldown_remaining(state, now, policy.cooldown_seconds):
+        return Screen(HELD)
+    mirror = mirror_of()
     if risky:
         # A risk rule always goes to the claim: a new window, or an escalation of the running one.
         cpu, memory = (known_targets() if mirror.id else None) or (None, None)
         return Screen(DUE, changes(mirror, reasons, state, cpu, memory))
-    if window_running:
-        return Screen(HELD)
     if mirror.id is None:
         if mirror.blocked_until is not None and now < mirror.blocked_until:
             return Screen(SUPPRESSED)

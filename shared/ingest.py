@@ -5,6 +5,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -135,6 +136,7 @@ class Evaluation:
     not_evaluated: list[dict[str, str]] = field(default_factory=list)
     due: list[str] = field(default_factory=list)  # for the claim script to decide
     held: list[str] = field(default_factory=list)  # window running: `cooldown` for sure
+    risky: set[str] = field(default_factory=set)  # of `firing`, those where a risk rule fired
     suppressed: list[str] = field(default_factory=list)  # reminder interval, decision or `applied`, for sure
     changed: dict[str, list[str]] = field(default_factory=dict)  # name -> what is material, when anything is
     recommendations: dict[str, dict] = field(default_factory=dict)  # worked out already, from a history read
@@ -165,9 +167,8 @@ class Aggregator:
         self._screen(namespace, found, saved, now)
         resolutions = self._resolutions(found, saved, now)
         self._mark_quiet(namespace, found, saved, resolutions, now)
-        risky = {name for name in found.due if has_risk(found.firing[name])}
         if found.due:
-            claims = self.repository.claim(namespace, found.due, risky, now, changed=found.changed)
+            claims = self.repository.claim(namespace, found.due, found.risky, now, changed=found.changed)
         else:
             claims = Claims(now, 0.0)
         if resolutions:
@@ -250,22 +251,17 @@ class Aggregator:
         # clock and the decisions, without asking Redis; the claim script decides the rest,
         # seeing windows whose trigger is still in flight and decisions made since.
         policy = self.episodes
-        cooldown = policy.cooldown_seconds
-        no_mirror = Mirror()
         needing_targets = []
-        mirrors = {}
         for name, reasons in found.firing.items():
-            state = saved.states[name]
-            last = state.get("last_trigger")
-            if last is not None and now < last + cooldown and not has_risk(reasons):
-                found.held.append(name)  # the steady state: no episode needs reading
-                continue
-            mirror = mirrors[name] = saved.mirror(name) or no_mirror
+            mirror = partial(self._mirror, name, saved, found)
 
             def known(name=name):
                 return self._targets(namespace, name, saved, found, saved.history(name))
 
-            verdict = screen(mirror, reasons, has_risk(reasons), saved.states[name], now, policy, known)
+            risky = has_risk(reasons)
+            if risky:
+                found.risky.add(name)
+            verdict = screen(mirror, reasons, risky, saved.states[name], now, policy, known)
             if verdict.needs_targets:
                 needing_targets.append(name)
             self._sort(found, name, verdict)
@@ -275,12 +271,13 @@ class Aggregator:
             histories = self.repository.histories(namespace, needing_targets)
             for name in needing_targets:
                 found.suppressed.remove(name)
+                mirror = partial(self._mirror, name, saved, found)
 
                 def read(name=name):
                     return self._targets(namespace, name, saved, found, histories[name])
 
                 reasons = found.firing[name]
-                self._sort(found, name, screen(mirrors[name], reasons, False, saved.states[name], now, policy, read))
+                self._sort(found, name, screen(mirror, reasons, False, saved.states[name], now, policy, read))
 
     @staticmethod
     def _sort(found: Evaluation, name: str, verdict: Screen) -> None:
@@ -393,9 +390,9 @@ class Aggregator:
         self.repository.settle_delivered(namespace, claims, reasons, mirrors)
 
     @staticmethod
-    def _mirror(name: str, saved: SavedPayload, found: Evaluation) -> Mirror | None:
-        """The deployment's episode mirror, as the save or the read after the claim brought it."""
-        return found.mirrors.get(name) or saved.mirror(name)
+    def _mirror(name: str, saved: SavedPayload, found: Evaluation) -> Mirror:
+        """The deployment's episode mirror, as the save or the read after the claim brought it (empty: none)."""
+        return found.mirrors.get(name) or saved.mirror(name) or Mirror()
 
     def _release_after_failure(self, namespace: str, claims: Claims, request_id: str) -> None:
         """Give back the claims of a request that is failing; the original error is the one to report."""

@@ -601,15 +601,17 @@ class SavedPayload:
     raw_mirrors: dict[str, bytes] = field(default_factory=dict)  # deployments whose app hash keeps an episode
     raw_histories: dict[str, list] = field(default_factory=dict)  # read with the state (see SAVE's `watch`)
     unfetched: set[str] = field(default_factory=set)  # their app hash keeps an episode mirror, not read (in a window)
-
-    def keeps_episode(self, name: str) -> bool:
-        """Whether the deployment's app hash keeps an episode mirror (read or not)."""
-        return name in self.unfetched or name in self.raw_mirrors
+    _mirrors: dict[str, Mirror] = field(default_factory=dict, repr=False)  # decoded, by mirror()
 
     def mirror(self, name: str) -> Mirror | None:
         """What the app hash keeps of the deployment's episode, None when nothing."""
         raw = self.raw_mirrors.get(name)
-        return None if raw is None else Mirror.decode(raw)
+        if raw is None:
+            return None
+        decoded = self._mirrors.get(name)
+        if decoded is None:
+            decoded = self._mirrors[name] = Mirror.decode(raw)
+        return decoded
 
     def history(self, name: str) -> History | None:
         """The usage history that came with the state, None when it did not."""
