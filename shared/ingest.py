@@ -29,7 +29,7 @@ from shared.episodes import (
     targets,
 )
 from shared.recommend import DEFAULT_CPU_MEMORY_PRICE_RATIO, price, recommend
-from shared.rules import Thresholds, has_risk
+from shared.rules import Thresholds, cooldown_remaining, has_risk
 from shared.state import Claims, EpisodeItem, SavedPayload, StateRepository
 from shared.webhook import AgentWebhook, Delivery, build_trigger, iso_seconds, utc_now_iso
 
@@ -252,15 +252,21 @@ class Aggregator:
         # seeing windows whose trigger is still in flight and decisions made since.
         policy = self.episodes
         needing_targets = []
+        cooldown = policy.cooldown_seconds
         for name, reasons in found.firing.items():
+            risky = has_risk(reasons)
+            if not risky and cooldown_remaining(saved.states[name], now, cooldown):
+                # The steady state, as screen() would say it, without making its callables for
+                # each of thousands of deployments.
+                found.held.append(name)
+                continue
+            if risky:
+                found.risky.add(name)
             mirror = partial(self._mirror, name, saved, found)
 
             def known(name=name):
                 return self._targets(namespace, name, saved, found, saved.history(name))
 
-            risky = has_risk(reasons)
-            if risky:
-                found.risky.add(name)
             verdict = screen(mirror, reasons, risky, saved.states[name], now, policy, known)
             if verdict.needs_targets:
                 needing_targets.append(name)
