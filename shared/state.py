@@ -641,6 +641,11 @@ class StateRepository:
 
     # Key names live here and nowhere else.
     @staticmethod
+    def _companion(key: str, suffix: str) -> str:
+        """A key hash-tagged into `key`'s Redis Cluster slot: `key` whole between braces, then the suffix."""
+        return f"{{{key}}}:{suffix}"
+
+    @staticmethod
     def app_key(namespace: str, name: str) -> str:
         """The hash holding one deployment's merged state."""
         return f"app:{namespace}:{name}"
@@ -648,7 +653,7 @@ class StateRepository:
     @classmethod
     def history_key(cls, namespace: str, name: str) -> str:
         """The usage history of one deployment, hash-tagged into the slot of its app key."""
-        return f"{{{cls.app_key(namespace, name)}}}:history"
+        return cls._companion(cls.app_key(namespace, name), "history")
 
     @staticmethod
     def trigger_key(namespace: str, name: str) -> str:
@@ -658,27 +663,27 @@ class StateRepository:
     @classmethod
     def escalation_key(cls, namespace: str, name: str) -> str:
         """The key marking that a risk rule was claimed in the deployment's window; in its slot."""
-        return f"{{{cls.trigger_key(namespace, name)}}}:escalation"
+        return cls._companion(cls.trigger_key(namespace, name), "escalation")
 
     @classmethod
     def pending_key(cls, namespace: str, name: str) -> str:
         """The ids of the deployment's claims not yet settled or released; in its cooldown key's slot."""
-        return f"{{{cls.trigger_key(namespace, name)}}}:pending"
+        return cls._companion(cls.trigger_key(namespace, name), "pending")
 
     @classmethod
     def episode_key(cls, namespace: str, name: str) -> str:
         """The deployment's open episode and the agent's decision about it; in its cooldown key's slot."""
-        return f"{{{cls.trigger_key(namespace, name)}}}:episode"
+        return cls._companion(cls.trigger_key(namespace, name), "episode")
 
     @classmethod
     def applied_key(cls, namespace: str, name: str) -> str:
         """Set for a while after the agent applied a recommendation: no waste episode opens meanwhile."""
-        return f"{{{cls.trigger_key(namespace, name)}}}:applied"
+        return cls._companion(cls.trigger_key(namespace, name), "applied")
 
     @classmethod
     def resolving_key(cls, namespace: str, name: str) -> str:
         """The lease of the claim on the episode's resolved item; in its cooldown key's slot."""
-        return f"{{{cls.trigger_key(namespace, name)}}}:resolving"
+        return cls._companion(cls.trigger_key(namespace, name), "resolving")
 
     def claim_keys(self, namespace: str, name: str) -> tuple[str, ...]:
         """What the claim script reads and writes of one deployment, all in one slot."""
@@ -703,7 +708,7 @@ class StateRepository:
     @classmethod
     def cluster_timestamp_key(cls, namespace: str, item: str) -> str:
         """The key holding the payload time of a cluster key, hash-tagged into that key's slot."""
-        return f"{{{cls.cluster_key(namespace, item)}}}:timestamp"
+        return cls._companion(cls.cluster_key(namespace, item), "timestamp")
 
     def check_ready(self) -> None:
         """Raise the Redis error an ingest would meet now: down, read-only, out of memory, no permission,
