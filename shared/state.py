@@ -916,13 +916,7 @@ class StateRepository:
             episodes,
             suppressed,
         )
-        if any(isinstance(reply, Exception) for reply in replies):
-            # The claim's own error is the one to report; a release that fails too leaves the
-            # claims to their lease.
-            with contextlib.suppress(RedisError):
-                self.release(namespace, claims)
-            raise_first(replies)
-        return claims
+        return self._won(namespace, claims, replies)
 
     def resolve(self, namespace: str, episodes: Mapping[str, str], now: float) -> Claims:
         """Claim the resolved item of each open episode of `episodes` ({name: episode id}); once per episode."""
@@ -951,7 +945,13 @@ class StateRepository:
                 if prior:
                     reclaimed.append(name)
         claims = Claims(now, started, ids=won_ids, reclaimed=reclaimed, episodes=items, resolved=resolved)
+        return self._won(namespace, claims, replies)
+
+    def _won(self, namespace: str, claims: Claims, replies: Sequence) -> Claims:
+        """`claims`, unless some node's call failed: then what the others won is given back and its error raised."""
         if any(isinstance(reply, Exception) for reply in replies):
+            # The claim's own error is the one to report; a release that fails too leaves the
+            # claims to their lease.
             with contextlib.suppress(RedisError):
                 self.release(namespace, claims)
             raise_first(replies)
