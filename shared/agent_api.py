@@ -7,7 +7,6 @@ as AGENT_TOKEN is on the ingest paths.
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
@@ -15,7 +14,7 @@ from flask_httpauth import HTTPTokenAuth
 from marshmallow import ValidationError
 
 from shared import metrics
-from shared.api import accepted, read_json_object, refuse
+from shared.api import accepted, invalid, read_json_object, refuse
 from shared.episodes import APPLIED, DEFAULT_NO_CHANGE_SECONDS, MAX_HOLD_SECONDS, NO_CHANGE, SNOOZE
 from shared.errors import ApiError
 from shared.schemas import DNS_LABEL, DecisionSchema
@@ -44,20 +43,21 @@ def _until(body: dict[str, Any], now: float) -> float | None:
     decision = body["decision"]
     if moment is None:
         if decision == SNOOZE:
-            raise _invalid("until", "Required for snooze.")
+            raise invalid_until("Required for snooze.")
         return now + DEFAULT_NO_CHANGE_SECONDS if decision == NO_CHANGE else None
     if decision == APPLIED:
-        raise _invalid("until", "Not taken with applied: the episode ends now.")
+        raise invalid_until("Not taken with applied: the episode ends now.")
     until = moment.timestamp()
     if until <= now:
-        raise _invalid("until", "Must be in the future.")
+        raise invalid_until("Must be in the future.")
     if until > now + MAX_HOLD_SECONDS:
-        raise _invalid("until", "Must be at most 30 days ahead.")
+        raise invalid_until("Must be at most 30 days ahead.")
     return until
 
 
-def _invalid(name: str, message: str) -> ApiError:
-    return ApiError(422, "Payload failed validation.", details={"fields": {name: [message]}})
+def invalid_until(message: str) -> ApiError:
+    """The 422 of an `until` that does not fit the decision or the clock."""
+    return invalid({"until": [message]})
 
 
 def _found(namespace: str, name: str) -> DeploymentView:
@@ -118,7 +118,7 @@ def decision_view(namespace: str, name: str) -> Response:
     try:
         body = DECISION_SCHEMA.load(read_json_object())
     except ValidationError as exc:
-        raise ApiError(422, "Payload failed validation.", details={"fields": exc.messages}) from None
+        raise invalid(exc.messages) from None
     until = _until(body, now)
     decision, episode_id = body["decision"], body["episode_id"]
     if not svc.aggregator.decide(namespace, name, episode_id, decision, until, body["note"], now):
@@ -137,7 +137,7 @@ def decision_view(namespace: str, name: str) -> Response:
             "deployment": name,
             "episode_id": episode_id,
             "decision": decision,
-            "until": None if until is None else datetime.fromtimestamp(until, UTC).isoformat(),
+            "until": None if until is None else iso_seconds(until),
             "note_chars": len(body["note"]),
         },
     )

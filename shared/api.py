@@ -41,6 +41,11 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def invalid(fields: dict[str, Any] | list[Any]) -> ApiError:
+    """The 422 of a body that failed validation; `fields` says which field and why."""
+    return ApiError(422, "Payload failed validation.", details={"fields": fields})
+
+
 def read_json_object() -> dict[str, Any]:
     """The request body as a JSON object, or an ApiError saying why it is not one."""
     if not request.is_json:
@@ -79,7 +84,7 @@ def ingest_view() -> tuple[Response, int]:
         # and the loaded payload holds all the ingest needs.
         payload = svc.schema.load(read_json_object())
     except ValidationError as exc:
-        raise ApiError(422, "Payload failed validation.", details={"fields": exc.messages}) from None
+        raise invalid(exc.messages) from None
     result = svc.aggregator.ingest(svc.source, payload, g.request_id)
     metrics.record_ingest(svc.name, result)
     g.ingest = result  # for the request's log line
