@@ -50,6 +50,17 @@ def failed_record(message: dict[str, Any], delivery: Delivery, request_id: str |
     return record
 
 
+def episode_block(place: EpisodeItem, changed: list[str]) -> dict[str, Any]:
+    """A trigger item's `episode`: where it stands in its episode, and what is material."""
+    return {
+        "id": place.episode_id,
+        "opened_at": iso_seconds(place.opened_at),
+        "sequence": place.sequence,
+        "notify": place.notify,
+        "changed": changed,
+    }
+
+
 def mirror_after(
     item: dict[str, Any], place: EpisodeItem, before: Mirror | None, window: bool, now: float
 ) -> Mirror | None:
@@ -427,13 +438,7 @@ class Aggregator:
             "state": state,
             "recommendation": recommendation,
             "cost": cost,
-            "episode": {
-                "id": place.episode_id,
-                "opened_at": iso_seconds(place.opened_at),
-                "sequence": place.sequence,
-                "notify": place.notify,
-                "changed": changed,
-            },
+            "episode": episode_block(place, changed),
         }
         if name in claims.escalated:
             item["escalation"] = True

@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from shared.episodes import CHANGED, RESOLVED
-from shared.ingest import failed_record, mirror_after
+from shared.ingest import episode_block, failed_record, mirror_after
 from shared.state import StateRepository
-from shared.webhook import AgentWebhook, Delivery, iso_seconds
+from shared.webhook import AgentWebhook, Delivery
 
 
 @dataclass
@@ -76,14 +76,7 @@ def redeliver(
                 item["escalation"] = True
             if "episode" in item:
                 # Where it stands now: the failure gave its place in the episode back.
-                place = claims.episodes[name]
-                item["episode"] = {
-                    **item["episode"],
-                    "id": place.episode_id,
-                    "opened_at": iso_seconds(place.opened_at),
-                    "sequence": place.sequence,
-                    "notify": place.notify,
-                }
+                item["episode"] = episode_block(claims.episodes[name], item["episode"].get("changed", []))
             triggers.append(item)
         message = {**message, "triggers": triggers}
         result.delivery = webhook.deliver(message, record.get("request_id") or uuid.uuid4().hex, webhook_id)
