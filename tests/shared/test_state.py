@@ -439,3 +439,15 @@ def test_episodes_decisions_and_resolutions_on_every_store(repo, redis_client):
     assert not redis_client.exists(StateRepository.episode_key(NS, "a"))
     assert not redis_client.hexists("app:default:a", "quiet_since")
     assert repo.resolve(NS, {"a": episode_a}, now=9000 + 3602).resolved == []  # over: not again
+
+
+def test_after_no_change_the_claim_script_reminds_at_most_once_per_the_span(repo):
+    first = repo.claim(NS, ["a"], set(), now=1000)
+    repo.settle_delivered(NS, first, {"a": []})
+    assert repo.decide(NS, "a", first.episodes["a"].episode_id, "no_change", 1000 + 86400, "", 1000)
+    reminder = repo.claim(NS, ["a"], set(), now=1000 + 86400 + 60)  # the span is over: one reminder
+    assert won(reminder) == (["a"], []) and reminder.episodes["a"].notify == "reminder"
+    assert reminder.episodes["a"].reminder_every == 86400
+    repo.settle_delivered(NS, reminder, {"a": []})
+    # Past the window and the usual reminder interval, but not the span: held by the script itself.
+    assert repo.claim(NS, ["a"], set(), now=1000 + 86400 + 60 + 3600).suppressed == ["a"]
