@@ -29,4 +29,4 @@ EXPOSE 8000 8002
 # gunicorn parses WEB_CONCURRENCY itself before gunicorn.conf.py runs, with a traceback for a bad
 # value: check the settings first, for the same one-line error. exec, so gunicorn itself receives
 # docker's SIGTERM and shuts down gracefully.
-CMD python -m shared.gunicorn_settings && exec gunicorn -c gunicorn.conf.py "$APP_MODULE"
+CMD python -m shared.runtime.gunicorn_settings && exec gunicorn -c gunicorn.conf.py "$APP_MODULE"

@@ -100,10 +100,11 @@ test: $(DEV_STAMP) valkey-server ## Run the tests against throwaway redis-server
 test-fast: $(DEV_STAMP) valkey-server ## Run the tests without the slow, gunicorn, cluster and Prometheus ones
 	$(BIN)/python -m pytest -m "not slow and not gunicorn and not cluster and not prometheus" $(PYTEST_ARGS)
 
-lint: $(DEV_STAMP) ## Check code and formatting with ruff, and types with mypy (what it checks: pyproject.toml)
+lint: $(DEV_STAMP) ## Check code and formatting with ruff, types with mypy, and the layers' one-way imports with lint-imports (what each checks: pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 fmt: $(DEV_STAMP) ## Sort imports and format the code with ruff
 	$(BIN)/ruff check --select I --fix .

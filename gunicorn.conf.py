@@ -7,14 +7,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from shared.gunicorn_settings import whole_number
-from shared.logs import GUNICORN_LOGGING
+from shared.runtime.gunicorn_settings import whole_number
+from shared.runtime.logs import GUNICORN_LOGGING
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{whole_number('PORT')}"
 workers = whole_number("WEB_CONCURRENCY")
 # Threads, so that clients stalled mid-request (no buffering proxy in front of the pods) occupy a
-# thread each until CLIENT_READ_TIMEOUT_SECONDS cuts them, never a whole worker; see shared/gunicorn_worker.py.
-worker_class = "shared.gunicorn_worker.ThreadWorker"
+# thread each until CLIENT_READ_TIMEOUT_SECONDS cuts them, never a whole worker; see shared/runtime/gunicorn_worker.py.
+worker_class = "shared.runtime.gunicorn_worker.ThreadWorker"
 threads = whole_number("GUNICORN_THREADS")
 client_read_timeout = whole_number("CLIENT_READ_TIMEOUT_SECONDS")
 # The threaded worker's heartbeat does not wait for requests, so this no longer cuts a slow request
@@ -24,7 +24,7 @@ graceful_timeout = whole_number("GUNICORN_GRACEFUL_TIMEOUT")
 # Load the app in the master: a bad setting stops the whole server at once with one message.
 preload_app = True
 accesslog = None  # the app logs one JSON line per request itself
-logger_class = "shared.gunicorn_worker.Logger"
+logger_class = "shared.runtime.gunicorn_worker.Logger"
 errorlog = "-"
 logconfig_dict = GUNICORN_LOGGING
 # No control socket: two services on one host would fight over its default path.

@@ -35,8 +35,8 @@ from bench import history_cost
 from bench.traces import SHAPES, STEP_SECONDS, from_csv, synthetic
 from cost_service import create_app
 from devtools.agent_receiver import AgentReceiver
-from shared.services import COST
-from tests.support import RedisServer
+from devtools.harness import RedisServer
+from shared.web.services import COST
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ Flask, werkzeug and gunicorn themselves.
 
 from flask import Flask, jsonify, request
 
-from shared.services import SERVICES
+from shared.web.services import SERVICES
 
 
 def ingest():

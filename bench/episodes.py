@@ -30,9 +30,9 @@ from pathlib import Path
 from bench.traces import DAY, START, STEP_SECONDS, synthetic
 from cost_service import create_app
 from devtools.agent_receiver import AgentReceiver
-from shared.episodes import APPLIED, CHANGED, FIRST, NO_CHANGE, NOTIFY_KINDS, RESOLVED, SNOOZE
-from shared.rules import RISK_RULES, Thresholds, evaluate_cost, has_risk
-from tests.support import RedisServer
+from devtools.harness import RedisServer
+from shared.core.episodes import APPLIED, CHANGED, FIRST, NO_CHANGE, NOTIFY_KINDS, RESOLVED, SNOOZE
+from shared.core.rules import RISK_RULES, Thresholds, evaluate_cost, has_risk
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "episodes-token-0123456789abcdef"

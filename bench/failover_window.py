@@ -1,7 +1,7 @@
 """Measure what a Sentinel failover leaves open: `python bench/failover_window.py [--rounds N]`.
 
-For each round: a fresh primary, replica and three Sentinels (tests.support.RedisSentinelSet), a
-Sentinel-mode client built by shared.redis_connection, a writer thread, then SENTINEL FAILOVER.
+For each round: a fresh primary, replica and three Sentinels (devtools.harness.RedisSentinelSet), a
+Sentinel-mode client built by shared.store.connection, a writer thread, then SENTINEL FAILOVER.
 Polling every 5 ms, it notes when the client stops writing (the hold), when the replica turns
 primary, when the client follows it, when ingest-style writes succeed again, and when the old
 primary is demoted. A stock redis-py Sentinel client (Sentinel.master_for) writes alongside, to
@@ -17,10 +17,10 @@ import time
 import redis
 from redis.sentinel import Sentinel
 
-from shared.config import DEFAULTS, parse_settings
-from shared.redis_connection import connect_redis
-from shared.services import COST
-from tests.support import RedisSentinelSet
+from devtools.harness import RedisSentinelSet
+from shared.runtime.settings import DEFAULTS, parse_settings
+from shared.store.connection import connect_redis
+from shared.web.services import COST
 
 MASTER = "aggregator"
 

@@ -1,6 +1,6 @@
 """The Redis server time the usage history adds to storing one cost sample.
 
-Stores the same cost payloads through StateRepository.save_cost (shared/state.py's batched SAVE
+Stores the same cost payloads through StateRepository.save_cost (shared/store/repository.py's batched SAVE
 script) on a throwaway redis-server, once with the usage history switched off and once with it,
 and reads from INFO commandstats the time Redis spent in the script calls. Divided by the
 samples stored, the difference is what the history costs per sample. Part of `make backtest`;
@@ -11,8 +11,8 @@ import os
 import random
 import tempfile
 
-from shared.state import StateRepository
-from tests.support import RedisServer
+from devtools.harness import RedisServer
+from shared.store.repository import StateRepository
 
 DEPLOYMENTS = 200
 STEPS = 25  # 200 deployments x 25 five-minute samples = 5,000 samples per variant and round

@@ -4,8 +4,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from shared import services
-from shared.services import ServiceSpec
+from shared.web import services
+from shared.web.services import ServiceSpec
 
 SIZES = (2, 50, 500, 2000)
 COST_TOKEN = "bench-cost-token-0123456789abcdef"

@@ -9,8 +9,8 @@ import redis
 from bench.payloads import COST, FORECAST, SIZES, namespace
 from bench.redis_proxy import CountingProxy
 from devtools.agent_receiver import AgentReceiver
-from shared.config import SETTING_NAMES
-from tests.support import GunicornService, RedisClusterServers, RedisServer
+from devtools.harness import GunicornService, RedisClusterServers, RedisServer
+from shared.runtime.settings import SETTING_NAMES
 
 # The state stores a row set is measured on: one redis-server, and a local three-primary Redis Cluster.
 STORES = ("redis", "cluster")

@@ -1,9 +1,9 @@
-"""The cost service: the cost engine POSTs its payloads here (path, port and token: shared.services.COST)."""
+"""The cost service: the cost engine POSTs its payloads here (path, port and token: shared.web.services.COST)."""
 
 from flask import Flask
 
-from shared.services import COST
-from shared.web import create_service_app
+from shared.web.factory import create_service_app
+from shared.web.services import COST
 
 
 def create_app(test_config=None) -> Flask:

@@ -20,8 +20,8 @@ from pathlib import Path
 import redis
 
 from devtools.redis_command import redis_server_argv
-from shared import gunicorn_settings
-from shared.services import SERVICES
+from shared.runtime import gunicorn_settings
+from shared.web.services import SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
 RECEIVER_PORT = 9000

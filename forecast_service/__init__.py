@@ -1,9 +1,9 @@
-"""The forecast service: the forecaster POSTs its payloads here (path, port and token: shared.services.FORECAST)."""
+"""The forecast service: the forecaster POSTs its payloads here (path, port and token: shared.web.services.FORECAST)."""
 
 from flask import Flask
 
-from shared.services import FORECAST
-from shared.web import create_service_app
+from shared.web.factory import create_service_app
+from shared.web.services import FORECAST
 
 
 def create_app(test_config=None) -> Flask:

@@ -8,9 +8,9 @@ import redis
 
 from cost_service import create_app as create_cost_app
 from devtools.agent_receiver import AgentReceiver
+from devtools.harness import RedisClusterServers, RedisServer, close_cluster_client
 from forecast_service import create_app as create_forecast_app
-from shared.services import COST, FORECAST
-from tests.support import RedisClusterServers, RedisServer, close_cluster_client
+from shared.web.services import COST, FORECAST
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COST_TOKEN = "cost-token-0123456789abcdef"

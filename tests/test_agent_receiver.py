@@ -9,7 +9,7 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
-from tests.support import ROOT, free_port, wait_until
+from devtools.harness import ROOT, free_port, wait_until
 
 SECRET = "whsec_cmVjZWl2ZXItdGVzdC1zaWduaW5nLWtleQ=="
 MESSAGE = {

@@ -9,10 +9,10 @@ import pytest
 import requests
 import yaml
 
+from devtools.harness import ROOT, GunicornService, PrometheusServer, needs_prometheus, wait_until
 from devtools.prometheus_rule import ALERTS, PROMETHEUS_RULE, prometheus_rule
-from shared.services import COST
+from shared.web.services import COST
 from tests.conftest import COST_TOKEN
-from tests.support import ROOT, GunicornService, PrometheusServer, needs_prometheus, wait_until
 from tests.test_dashboard import queries as dashboard_queries
 
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"

@@ -14,10 +14,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from devtools.agent_receiver import AgentReceiver
-from shared.services import COST
-from shared.state import CLAIM, claim_lease_seconds
+from devtools.harness import GunicornService, LoopbackServer, RedisServer, wait_until
+from shared.store.repository import CLAIM, claim_lease_seconds
+from shared.web.services import COST
 from tests.conftest import COST_TOKEN
-from tests.support import GunicornService, LoopbackServer, RedisServer, wait_until
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from cost_service import create_app as create_cost_app
+from devtools.harness import ROOT, free_port
 from forecast_service import create_app as create_forecast_app
-from shared.state import StateRepository
-from tests.support import ROOT, free_port
+from shared.store.repository import StateRepository
 
 FAILED = "triggers:default:failed"
 

@@ -11,9 +11,9 @@ import requests
 from redis.crc import key_slot
 
 from cost_service import create_app as create_cost_app
-from shared.services import COST
+from devtools.harness import GunicornService, RedisClusterServers, wait_until
+from shared.web.services import COST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
-from tests.support import GunicornService, RedisClusterServers, wait_until
 from tests.test_redis_restart import BASE, payload
 
 DEPLOYMENTS = [f"app-{i}" for i in range(12)]

@@ -5,8 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from devtools.harness import both_services, time_passes
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
-from tests.support import both_services, time_passes
 
 pytestmark = pytest.mark.gunicorn
 

@@ -5,7 +5,7 @@ import re
 
 import yaml
 
-from tests.support import ROOT
+from devtools.harness import ROOT
 
 APP_SERVICES = ("agent", "cost", "forecast")
 

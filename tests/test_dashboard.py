@@ -7,8 +7,8 @@ import subprocess
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from shared import metrics
-from tests.support import ROOT, needs_prometheus
+from devtools.harness import ROOT, needs_prometheus
+from shared.runtime import metrics
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "aggregator.json"
 # What Grafana substitutes before a query reaches Prometheus; any valid value will do for parsing.
@@ -43,7 +43,7 @@ def substitute(expr):
 
 
 def exported_metric_names():
-    """The sample names the services expose, from the metric objects in shared/metrics.py."""
+    """The sample names the services expose, from the metric objects in shared/runtime/metrics.py."""
     names = set()
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):

@@ -16,8 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shared import services
-from shared.config import DEFAULTS, SETTING_NAMES, ConfigError, parse_settings
+from shared.runtime.settings import DEFAULTS, SETTING_NAMES, ConfigError, parse_settings
+from shared.web import services
 
 ROOT = Path(__file__).resolve().parent.parent
 # The two directories `kubectl kustomize` must render: fixed replicas, and autoscaled.

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import SETTING_NAMES
-from shared.gunicorn_settings import WHOLE_NUMBERS
+from shared.runtime.gunicorn_settings import WHOLE_NUMBERS
+from shared.runtime.settings import SETTING_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"

@@ -354,7 +354,7 @@ def test_a_decision_and_the_claims_are_one_atomic_step(agent_config, agent, rece
 def test_keys_of_an_episode_share_the_cooldown_key_slot():
     from redis.crc import key_slot
 
-    from shared.state import StateRepository
+    from shared.store.repository import StateRepository
 
     window = key_slot(StateRepository.trigger_key("default", "a").encode())
     for key in (

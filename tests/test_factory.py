@@ -4,10 +4,10 @@ import sys
 import pytest
 
 from cost_service import create_app as create_cost_app
+from devtools.harness import ROOT
 from forecast_service import create_app as create_forecast_app
-from shared.config import ConfigError
-from shared.services import COST
-from tests.support import ROOT
+from shared.runtime.settings import ConfigError
+from shared.web.services import COST
 
 
 def test_test_config_overrides_the_environment(base_config, monkeypatch):

@@ -7,9 +7,9 @@ import pytest
 import requests
 
 from cost_service import create_app as create_cost_app
-from shared.services import COST
+from devtools.harness import GunicornService, SocketAgent
+from shared.web.services import COST
 from tests.conftest import COST_TOKEN
-from tests.support import GunicornService, SocketAgent
 
 BUDGET = 1.5
 

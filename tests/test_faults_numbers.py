@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from shared.recommend import price, recommend
-from shared.webhook import AgentWebhook
+from shared.core.recommend import price, recommend
+from shared.delivery.webhook import AgentWebhook
 
 
 def strict_json(raw):

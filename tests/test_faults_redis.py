@@ -8,10 +8,10 @@ import redis
 import requests
 
 from cost_service import create_app as create_cost_app
-from shared.services import COST
-from shared.state import StateRepository
+from devtools.harness import GunicornService, RedisClusterServers, RedisServer, RefusingRedis, wait_until
+from shared.store.repository import StateRepository
+from shared.web.services import COST
 from tests.conftest import COST_TOKEN
-from tests.support import GunicornService, RedisClusterServers, RedisServer, RefusingRedis, wait_until
 
 
 def post(client, payload, headers):

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cost_service import create_app as create_cost_app
-from shared.schemas import floored
-from shared.services import SERVICES
+from shared.core.schemas import floored
+from shared.web.services import SERVICES
 from tests.conftest import FIXTURES
 
 SEED = {spec.path: json.loads((FIXTURES / spec.seed).read_text()) for spec in SERVICES}
@@ -122,7 +122,7 @@ def test_valid_cost_payloads_are_stored_exactly(clients, redis_client, names, nu
     assert response.status_code == 201, response.get_json()
     for entry in body["deployments"]:
         stored = redis_client.hgetall(f"app:default:{entry['name']}")
-        # Exactly, above the floors below which a quantity is stored as zero (shared/schemas.py).
+        # Exactly, above the floors below which a quantity is stored as zero (shared/core/schemas.py).
         assert float(stored[b"req_cpu"]) == floored("cpu_cores", entry["current_requests"]["cpu_cores"])
         assert float(stored[b"usage_mem_curr"]) == floored("memory_mb", entry["current_usage"]["memory_mb"])
 

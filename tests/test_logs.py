@@ -5,9 +5,9 @@ import json
 import pytest
 import requests
 
-from shared.services import COST, FORECAST
+from devtools.harness import GunicornService, free_port
+from shared.web.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
-from tests.support import GunicornService, free_port
 
 # Three gunicorn services and a delivery retried until its budget runs out.
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from tests.support import ROOT
+from devtools.harness import ROOT
 
 pytestmark = pytest.mark.skipif(not shutil.which("make"), reason="make is not installed")
 

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from shared.services import COST
+from devtools.harness import GunicornService, free_port
+from shared.web.services import COST
 from tests.conftest import COST_TOKEN
-from tests.support import GunicornService, free_port
 
 pytestmark = pytest.mark.gunicorn
 

@@ -9,9 +9,9 @@ import requests
 from openapi_spec_validator import validate
 
 from cost_service import create_app as create_cost_app
-from shared.services import COST, FORECAST
+from devtools.harness import GunicornService
+from shared.web.services import COST, FORECAST
 from tests.conftest import AGENT_TOKEN, COST_TOKEN, FIXTURES, FORECAST_TOKEN, auth
-from tests.support import GunicornService
 
 
 @pytest.mark.parametrize("client_name", ["cost_client", "forecast_client"])

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from shared.services import COST
+from devtools.harness import ROOT, GunicornService, free_port, wait_until
+from shared.web.services import COST
 from tests.conftest import COST_TOKEN
-from tests.support import ROOT, GunicornService, free_port, wait_until
 
 pytestmark = pytest.mark.gunicorn
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", COST.app]

@@ -7,11 +7,11 @@ import pytest
 import redis
 
 from cost_service import create_app as create_cost_app
+from devtools.harness import ROOT
 from forecast_service import create_app as create_forecast_app
-from shared.redis_connection import CLUSTER_ACL_ADDITIONS, MINIMAL_ACL_RULE
-from shared.state import Claims
+from shared.store.connection import CLUSTER_ACL_ADDITIONS, MINIMAL_ACL_RULE
+from shared.store.repository import Claims
 from tests.conftest import AGENT_TOKEN, COST_TOKEN, FORECAST_TOKEN, auth
-from tests.support import ROOT
 
 USER, PASSWORD = "aggregator", "acl-user-password-0123456789"
 

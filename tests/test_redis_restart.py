@@ -10,8 +10,8 @@ import pytest
 import redis
 import requests
 
+from devtools.harness import RedisServer, both_services, wait_until
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
-from tests.support import RedisServer, both_services, wait_until
 
 pytestmark = pytest.mark.gunicorn
 

@@ -3,8 +3,8 @@
 import pytest
 
 from cost_service import create_app as create_cost_app
+from devtools.harness import RedisServer, free_port, make_certificates, needs_tls
 from tests.conftest import COST_TOKEN, auth
-from tests.support import RedisServer, free_port, make_certificates, needs_tls
 
 pytestmark = needs_tls()
 

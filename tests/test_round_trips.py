@@ -5,8 +5,8 @@ import redis
 
 from bench.redis_proxy import CountingProxy
 from cost_service import create_app as create_cost_app
+from devtools.harness import time_passes
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
-from tests.support import time_passes
 
 HOUR = 3600
 

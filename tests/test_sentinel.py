@@ -18,8 +18,8 @@ import redis
 import requests
 
 from cost_service import create_app as create_cost_app
+from devtools.harness import RedisSentinelSet, both_services, make_certificates, needs_tls, wait_until
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
-from tests.support import RedisSentinelSet, both_services, make_certificates, needs_tls, wait_until
 from tests.test_redis_restart import BASE, payload
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.sentinel]

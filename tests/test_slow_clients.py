@@ -8,9 +8,9 @@ import time
 import pytest
 import requests
 
-from shared.services import COST
+from devtools.harness import GunicornService
+from shared.web.services import COST
 from tests.conftest import COST_TOKEN
-from tests.support import GunicornService
 
 pytestmark = pytest.mark.gunicorn
 

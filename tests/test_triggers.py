@@ -12,10 +12,10 @@ from standardwebhooks import Webhook
 
 from cost_service import create_app as create_cost_app
 from devtools.agent_receiver import AgentReceiver
+from devtools.harness import ROOT, GunicornService, wait_until
 from forecast_service import create_app as create_forecast_app
-from shared.services import COST
+from shared.web.services import COST
 from tests.conftest import COST_TOKEN, SEED_ADSERVICE_PRICE
-from tests.support import ROOT, GunicornService, wait_until
 
 SECRET = "whsec_dHJpZ2dlci10ZXN0LXNpZ25pbmcta2V5LTAx"
 

@@ -5,8 +5,8 @@ import time
 import pytest
 
 from cost_service import create_app
+from devtools.harness import free_port, wait_until
 from tests.conftest import FORECAST_TOKEN, auth
-from tests.support import free_port, wait_until
 
 
 def post(client, payload, headers, **kwargs):

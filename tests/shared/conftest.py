@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.state import StateRepository
+from shared.store.repository import StateRepository
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 import pytest
 
-from shared.config import DEFAULTS, ConfigError, parse_settings, read_environment
+from shared.runtime.settings import DEFAULTS, ConfigError, parse_settings, read_environment
 
 TOKEN = "t" * 20
 

@@ -5,8 +5,8 @@ import random
 import pytest
 from redis.crc import key_slot
 
-from shared.history import HISTORY_TTL_SECONDS, MAX_FIELDS, bucket_start
-from shared.state import StateRepository
+from shared.core.history import HISTORY_TTL_SECONDS, MAX_FIELDS, bucket_start
+from shared.store.repository import StateRepository
 
 NS = "default"
 DAY = 86400

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from shared.history import History, bucket_start
-from shared.recommend import price, recommend
+from shared.core.history import History, bucket_start
+from shared.core.recommend import price, recommend
 from tests.conftest import SEED_ADSERVICE_PRICE
 
 SEED_STATE = {"req_cpu": 2.0, "req_mem": 4096, "usage_cpu_curr": 0.4, "usage_mem_curr": 512}

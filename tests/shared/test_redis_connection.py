@@ -1,5 +1,5 @@
-from shared.config import DEFAULTS, parse_settings
-from shared.redis_connection import PrimaryCheckedSSLConnection, connect_redis
+from shared.runtime.settings import DEFAULTS, parse_settings
+from shared.store.connection import PrimaryCheckedSSLConnection, connect_redis
 
 
 def settings(**overrides):

@@ -1,6 +1,6 @@
 import pytest
 
-from shared.rules import (
+from shared.core.rules import (
     Thresholds,
     cooldown_remaining,
     cost_gap,

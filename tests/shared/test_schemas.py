@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from marshmallow import ValidationError, fields
 
-from shared.schemas import CostPayloadSchema, ForecastPayloadSchema
+from shared.core.schemas import CostPayloadSchema, ForecastPayloadSchema
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 COST = json.loads((FIXTURES / "cost_seed.json").read_text())

@@ -5,8 +5,8 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from shared.state import DEFAULT_CLAIM_LEASE_SECONDS, Claims, StateRepository
-from tests.support import close_cluster_client, wait_until
+from devtools.harness import close_cluster_client, wait_until
+from shared.store.repository import DEFAULT_CLAIM_LEASE_SECONDS, Claims, StateRepository
 
 NS = "default"
 

@@ -5,8 +5,8 @@ import requests
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from devtools.agent_receiver import AgentReceiver
-from shared.webhook import TRIGGER_TYPE, AgentWebhook, build_trigger, retry_after_seconds
-from tests.support import free_port
+from devtools.harness import free_port
+from shared.delivery.webhook import TRIGGER_TYPE, AgentWebhook, build_trigger, retry_after_seconds
 
 SECRET = "whsec_YWdncmVnYXRvci10ZXN0LXNpZ25pbmcta2V5LTE="
 

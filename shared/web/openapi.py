@@ -6,9 +6,9 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields, validate
 
-from shared.episodes import DECISIONS, NOTIFY_KINDS
-from shared.rules import COST_STATE_TOO_OLD, NO_COST_STATE, ZERO_REQUEST
-from shared.schemas import DNS_LABEL, QUANTITY_LIMITS, DecisionSchema, DeploymentList, StrictNumber, Timestamp
+from shared.core.episodes import DECISIONS, NOTIFY_KINDS
+from shared.core.rules import COST_STATE_TOO_OLD, NO_COST_STATE, ZERO_REQUEST
+from shared.core.schemas import DNS_LABEL, QUANTITY_LIMITS, DecisionSchema, DeploymentList, StrictNumber, Timestamp
 
 
 class NotEvaluatedSchema(Schema):

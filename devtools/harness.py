@@ -1,4 +1,4 @@
-"""Real processes for the tests: a throwaway redis-server and gunicorn-served services."""
+"""Real processes for the tests and the benchmarks: throwaway Redis (server, cluster, Sentinel), gunicorn services."""
 
 import contextlib
 import json
@@ -17,7 +17,7 @@ import redis
 import requests
 
 from devtools.redis_command import redis_server_argv, sentinel_argv, server_binary, supports_tls, tls_options
-from shared.services import COST, FORECAST
+from shared.web.services import COST, FORECAST
 
 ROOT = Path(__file__).resolve().parent.parent
 # Redis Cluster's hash slots, shared out among the primaries.

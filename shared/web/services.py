@@ -4,13 +4,13 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
-from shared.config import Settings
-from shared.ingest import Aggregator, Source
-from shared.redis_connection import connect_redis
-from shared.rules import cost_gap, evaluate_cost, evaluate_forecast, forecast_gap
-from shared.schemas import CostPayloadSchema, ForecastPayloadSchema, PayloadSchema
-from shared.state import StateRepository, claim_lease_seconds
-from shared.webhook import AgentWebhook
+from shared.core.rules import cost_gap, evaluate_cost, evaluate_forecast, forecast_gap
+from shared.core.schemas import CostPayloadSchema, ForecastPayloadSchema, PayloadSchema
+from shared.delivery.webhook import AgentWebhook
+from shared.flow.ingest import Aggregator, Source
+from shared.runtime.settings import Settings
+from shared.store.connection import connect_redis
+from shared.store.repository import StateRepository, claim_lease_seconds
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.episodes import CHANGED, RESOLVED
-from shared.ingest import episode_block, failed_record, mirror_after
-from shared.state import StateRepository
-from shared.webhook import AgentWebhook, Delivery
+from shared.core.episodes import CHANGED, RESOLVED
+from shared.delivery.webhook import AgentWebhook, Delivery
+from shared.flow.ingest import episode_block, failed_record, mirror_after
+from shared.store.repository import StateRepository
 
 
 @dataclass

@@ -13,14 +13,14 @@ from flask import Blueprint, Response, g, jsonify
 from flask_httpauth import HTTPTokenAuth
 from marshmallow import ValidationError
 
-from shared import metrics
-from shared.api import accepted, invalid, read_json_object, refuse
-from shared.episodes import APPLIED, DEFAULT_NO_CHANGE_SECONDS, MAX_HOLD_SECONDS, NO_CHANGE, SNOOZE
-from shared.errors import ApiError
-from shared.schemas import DNS_LABEL, DecisionSchema
-from shared.services import service
-from shared.state import DeploymentView
-from shared.webhook import iso_seconds
+from shared.core.clock import iso_seconds
+from shared.core.episodes import APPLIED, DEFAULT_NO_CHANGE_SECONDS, MAX_HOLD_SECONDS, NO_CHANGE, SNOOZE
+from shared.core.errors import ApiError
+from shared.core.schemas import DNS_LABEL, DecisionSchema
+from shared.runtime import metrics
+from shared.store.repository import DeploymentView
+from shared.web.api import accepted, invalid, read_json_object, refuse
+from shared.web.services import service
 
 log = logging.getLogger("aggregator")
 agent_auth = HTTPTokenAuth(scheme="Bearer")

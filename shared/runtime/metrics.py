@@ -20,11 +20,11 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
-from shared.episodes import DECISIONS as DECISIONS_KINDS
-from shared.episodes import NOTIFY_KINDS
+from shared.core.episodes import DECISIONS as DECISIONS_KINDS
+from shared.core.episodes import NOTIFY_KINDS
 
 if TYPE_CHECKING:
-    from shared.ingest import IngestResult
+    from shared.flow.ingest import IngestResult
 
 # Ingest of thousands of deployments takes tens of milliseconds; the agent call up to the budget.
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

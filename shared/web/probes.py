@@ -3,11 +3,11 @@
 from flask import Blueprint, Flask, Response, current_app, jsonify
 from redis.exceptions import RedisError
 
-from shared import metrics
-from shared.errors import redis_unavailable
-from shared.openapi import build_openapi
-from shared.redis_connection import unavailable_code
-from shared.services import Service, service
+from shared.runtime import metrics
+from shared.store.connection import unavailable_code
+from shared.web.errors import redis_unavailable
+from shared.web.openapi import build_openapi
+from shared.web.services import Service, service
 
 # Asked every few seconds by machines: neither logged nor counted as requests.
 PROBE_PATHS = ("/healthz", "/readyz", "/metrics")

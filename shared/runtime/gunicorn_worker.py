@@ -18,7 +18,7 @@ from gunicorn import glogging
 from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import ThreadWorker as GunicornThreadWorker
 
-from shared.errors import ApiError, error_body, new_request_id
+from shared.core.errors import ApiError, error_body, new_request_id
 
 DEFAULT_CLIENT_READ_TIMEOUT = 10.0
 # Allocations between young collections (CPython's default is 700); see ThreadWorker.init_process.

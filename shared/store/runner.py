@@ -29,7 +29,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.redis_connection import LazyCluster
+from shared.store.connection import LazyCluster
 
 
 class NotLocalError(ResponseError):

@@ -6,9 +6,10 @@ from typing import Any
 
 from flask import Flask, abort
 
-from shared import agent_api, api, cli, errors, logs, metrics, probes, request_log, services
-from shared.config import DEFAULTS, ConfigError, parse_settings, read_environment
-from shared.services import ServiceSpec
+from shared.runtime import cli, logs, metrics
+from shared.runtime.settings import DEFAULTS, ConfigError, parse_settings, read_environment
+from shared.web import agent_api, api, errors, probes, request_log, services
+from shared.web.services import ServiceSpec
 
 
 def create_service_app(spec: ServiceSpec, test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -23,7 +24,7 @@ def create_service_app(spec: ServiceSpec, test_config: Mapping[str, Any] | None 
     except ConfigError as exc:
         if not cli.under_flask_cli():
             raise
-        # The operator's commands read only the settings they use (see shared/cli.py): the flask
+        # The operator's commands read only the settings they use (see shared/runtime/cli.py): the flask
         # command line gets an app that carries them even without tokens or a webhook URL.
         message = f"The service is not configured: {exc}"
         app.before_request(lambda: abort(503, message))

@@ -17,7 +17,7 @@ Keys (their names are a contract: other systems read them):
 - ``cluster:{namespace}:req_mem_total``: memory (MiB) requested by the same deployments, the
   memory share of the price; guarded by ``{cluster:{namespace}:req_mem_total}:timestamp``.
 - ``{app:{namespace}:{name}}:history`` hash: the deployment's usage history (fields listed in
-  shared/history.py), hash-tagged into its app key's slot and updated by the same script that
+  shared/core/history.py), hash-tagged into its app key's slot and updated by the same script that
   stores a cost sample; expires 8 days after its last sample.
 - ``trigger:{namespace}:{name}``: Unix seconds of the last trigger claim. Setting it (``SET NX
   PX``) is what claims a deployment's cooldown window. It is taken for a short lease (the claim
@@ -41,7 +41,7 @@ Every atomic step touches the keys of one slot: one key, or a key and its hash-t
 (a timestamp, a usage history, an escalation and the pending ids). The layout therefore works
 unchanged on Redis Cluster, where the ``app:`` and ``trigger:`` keys of one deployment live on
 different nodes. Each step of a request (store, claim, settle) is one script call over all its
-deployments on a single Redis, and one call per node on a cluster (shared/batch.py), whatever the
+deployments on a single Redis, and one call per node on a cluster (shared/store/runner.py), whatever the
 number of deployments.
 """
 
@@ -56,9 +56,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from shared.batch import PROLOGUE, Script, Unit, raise_first, runner_for
-from shared.episodes import APPLIED, RESOLVED, EpisodePolicy, Mirror
-from shared.history import RECORD_USAGE_LUA, WINDOW_SECONDS, History, bucket_index, decode_history
+from shared.core.episodes import APPLIED, RESOLVED, EpisodePolicy, Mirror
+from shared.core.history import RECORD_USAGE_LUA, WINDOW_SECONDS, History, bucket_index, decode_history
+from shared.store.runner import PROLOGUE, Script, Unit, raise_first, runner_for
 
 CLUSTER_ITEMS = ("cost", "vm_count", "req_cpu_total", "req_mem_total")
 DEFAULT_HALF_LIFE_SECONDS = 24 * 3600

@@ -11,7 +11,8 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.episodes import (
+from shared.core.clock import iso_seconds, utc_now_iso
+from shared.core.episodes import (
     APPLIED,
     CHANGED,
     DUE,
@@ -28,10 +29,10 @@ from shared.episodes import (
     screen,
     targets,
 )
-from shared.recommend import DEFAULT_CPU_MEMORY_PRICE_RATIO, price, recommend
-from shared.rules import Thresholds, cooldown_remaining, has_risk
-from shared.state import Claims, EpisodeItem, SavedPayload, StateRepository
-from shared.webhook import AgentWebhook, Delivery, build_trigger, iso_seconds, utc_now_iso
+from shared.core.recommend import DEFAULT_CPU_MEMORY_PRICE_RATIO, price, recommend
+from shared.core.rules import Thresholds, cooldown_remaining, has_risk
+from shared.delivery.webhook import AgentWebhook, Delivery, build_trigger
+from shared.store.repository import Claims, EpisodeItem, SavedPayload, StateRepository
 
 log = logging.getLogger("aggregator")
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.history import History
+from shared.core.history import History
 
 MIN_CPU_CORES = 0.01
 MIN_MEMORY_MB = 64

@@ -2,7 +2,7 @@
 
 gunicorn parses WEB_CONCURRENCY itself, for the default of its `workers`, as soon as it is
 imported: before gunicorn.conf.py runs, and with a traceback when the value is not a number. So
-the image's command and `make run` check these settings first (`python -m shared.gunicorn_settings`),
+the image's command and `make run` check these settings first (`python -m shared.runtime.gunicorn_settings`),
 and a bad value stops everything with the same one line gunicorn.conf.py prints.
 """
 

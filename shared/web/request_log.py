@@ -6,10 +6,10 @@ import time
 
 from flask import Flask, Response, g, request
 
-from shared import metrics
-from shared.errors import new_request_id
-from shared.probes import PROBE_PATHS
-from shared.services import service
+from shared.core.errors import new_request_id
+from shared.runtime import metrics
+from shared.web.probes import PROBE_PATHS
+from shared.web.services import service
 
 log = logging.getLogger("aggregator")
 

@@ -21,7 +21,7 @@ from redis.sentinel import (
     SentinelManagedSSLConnection,
 )
 
-from shared.config import Settings, StoreSettings
+from shared.store.settings import StoreSettings
 
 log = logging.getLogger("aggregator")
 
@@ -67,7 +67,7 @@ def unavailable_code(exc: BaseException) -> str | None:
 # EVAL for a Redis that lost its script cache, the history reads, the failed list, the
 # failed-triggers and redeliver commands (GET, PTTL, LREM) and /readyz, PING for the client's
 # health check (health_check_interval), ROLE for Sentinel mode, SELECT for a database other than
-# 0, and the key prefixes of shared/state.py. docs/operations.md quotes it and
+# 0, and the key prefixes of shared/store/repository.py. docs/operations.md quotes it and
 # tests/test_redis_acl.py gives a user exactly this rule.
 MINIMAL_ACL_RULE = (
     "resetkeys ~app:* ~{app:* ~trigger:* ~{trigger:* ~triggers:* ~cluster:* ~{cluster:* resetchannels -@all "
@@ -108,7 +108,7 @@ def _client_options(settings):
     return options
 
 
-def connect_redis(settings: Settings | StoreSettings) -> "Redis | LazyCluster":
+def connect_redis(settings: StoreSettings) -> "Redis | LazyCluster":
     """A Redis (or Redis Cluster, or Sentinel-managed) client whose calls fail within the timeout instead of hanging."""
     if settings.redis_sentinels:
         return connect_sentinel(settings)
@@ -117,7 +117,7 @@ def connect_redis(settings: Settings | StoreSettings) -> "Redis | LazyCluster":
     return Redis.from_url(settings.redis_url, **_client_options(settings))
 
 
-def connect_cluster(settings: Settings | StoreSettings) -> "LazyCluster":
+def connect_cluster(settings: StoreSettings) -> "LazyCluster":
     """A Redis Cluster client that starts even when no seed node answers (see LazyCluster)."""
     seeds = [ClusterNode(host, port) for host, port in settings.redis_cluster_nodes]
 
@@ -166,7 +166,7 @@ class LazyCluster:
 # ---- Sentinel mode -------------------------------------------------------------------------
 
 
-def connect_sentinel(settings: Settings | StoreSettings) -> Redis:
+def connect_sentinel(settings: StoreSettings) -> Redis:
     """A client of the primary the Sentinels name, which moves to a new primary as soon as one is announced.
 
     REDIS_URL gives the data nodes' scheme (rediss:// = TLS), user, password, database and

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from shared.episodes import DECISIONS
+from shared.core.episodes import DECISIONS
 
 NOTE_MAX_CHARS = 1000
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")

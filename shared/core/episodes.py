@@ -1,6 +1,6 @@
 """Episodes: one deployment's run of firing, and whether its next firing is news for the agent.
 
-Pure functions and records (over shared.rules), no Redis: the claim script (shared/state.py) decides atomically what
+Pure functions and records (over shared.core.rules), no Redis: the claim script (shared/store/) decides atomically what
 goes out; what is here tells it whether something material changed, and screens out, before any
 claim, the deployments that are held back for sure, from what the app hash keeps of the episode
 (the "mirror", written with each settle and decision).
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.rules import cooldown_remaining
+from shared.core.rules import cooldown_remaining
 
 FIRST, CHANGED, REMINDER, ESCALATION, RESOLVED = "first", "changed", "reminder", "escalation", "resolved"
 NOTIFY_KINDS = (FIRST, CHANGED, REMINDER, ESCALATION, RESOLVED)

@@ -27,7 +27,8 @@ from standardwebhooks import Webhook
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from shared.config import Settings, WebhookSettings
+from shared.core.clock import utc_now_iso
+from shared.delivery.settings import WebhookSettings
 
 TRIGGER_TYPE = "deployments.thresholds_crossed"
 BACKOFF_BASE_SECONDS = 0.2
@@ -37,16 +38,6 @@ BACKOFF_CAP_SECONDS = 2.0
 WATCHDOG_GRACE_SECONDS = 0.1
 
 log = logging.getLogger("aggregator.webhook")
-
-
-def utc_now_iso() -> str:
-    """The current time as ISO-8601 UTC with a Z suffix."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def iso_seconds(seconds: float) -> str:
-    """Unix seconds as ISO-8601 UTC with a Z suffix, to the second."""
-    return datetime.fromtimestamp(int(seconds), UTC).isoformat().replace("+00:00", "Z")
 
 
 def build_trigger(
@@ -188,8 +179,8 @@ class AgentWebhook:
         self.sleep = sleep
 
     @classmethod
-    def from_settings(cls, settings: Settings | WebhookSettings) -> "AgentWebhook":
-        """The webhook described by Settings or WebhookSettings."""
+    def from_settings(cls, settings: WebhookSettings) -> "AgentWebhook":
+        """The webhook described by WebhookSettings (or the Settings that extend them)."""
         return cls(
             settings.webhook_url,
             settings.webhook_connect_timeout,

@@ -15,11 +15,11 @@ from flask import Flask, current_app
 from flask.cli import ScriptInfo, with_appcontext
 from redis.exceptions import RedisError
 
-from shared.config import ConfigError, parse_store_settings, parse_webhook_settings
-from shared.redelivery import redeliver
-from shared.redis_connection import REDIS_UNAVAILABLE, connect_redis
-from shared.state import FAILED_KEEP, StateRepository, claim_lease_seconds
-from shared.webhook import AgentWebhook
+from shared.delivery.webhook import AgentWebhook
+from shared.flow.redelivery import redeliver
+from shared.runtime.settings import ConfigError, parse_store_settings, parse_webhook_settings
+from shared.store.connection import REDIS_UNAVAILABLE, connect_redis
+from shared.store.repository import FAILED_KEEP, StateRepository, claim_lease_seconds
 
 
 def under_flask_cli() -> bool:

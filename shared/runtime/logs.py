@@ -40,7 +40,7 @@ def configure(logger: logging.Logger, level: str | int) -> None:
 GUNICORN_LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "shared.logs.json_formatter"}},
+    "formatters": {"json": {"()": "shared.runtime.logs.json_formatter"}},
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
     "loggers": {
         "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},

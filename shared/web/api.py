@@ -9,9 +9,9 @@ from flask_httpauth import HTTPTokenAuth
 from marshmallow import ValidationError
 from werkzeug.exceptions import ClientDisconnected
 
-from shared import metrics
-from shared.errors import ApiError
-from shared.services import service
+from shared.core.errors import ApiError
+from shared.runtime import metrics
+from shared.web.services import service
 
 token_auth = HTTPTokenAuth(scheme="Bearer")
 

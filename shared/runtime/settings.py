@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from shared.episodes import MAX_HOLD_SECONDS, EpisodePolicy
-from shared.rules import Thresholds
-from shared.schemas import DNS_LABEL
+from shared.core.episodes import MAX_HOLD_SECONDS, EpisodePolicy
+from shared.core.rules import Thresholds
+from shared.core.schemas import DNS_LABEL
+from shared.delivery.settings import WebhookSettings
+from shared.store.settings import StoreSettings
 
 # The names below are a contract with the people who deploy us: see the configuration table in docs/operations.md.
 DEFAULTS = {
@@ -73,35 +75,6 @@ class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message names the variable."""
 
     # A RuntimeError, because gunicorn prints those as one "Error: ..." line and exits 1.
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    """What reaching the state store takes: all the failed-triggers command needs."""
-
-    redis_url: str
-    redis_cluster: bool
-    redis_cluster_nodes: tuple[tuple[str, int], ...]
-    redis_timeout: float
-    # The data nodes' password from REDIS_PASSWORD(_FILE), overriding REDIS_URL's; None when unset.
-    redis_password: str | None
-    # Sentinel mode: (host, port) pairs and the monitored primary's name; () and None otherwise.
-    redis_sentinels: tuple[tuple[str, int], ...]
-    redis_sentinel_master: str | None
-    redis_sentinel_password: str | None
-    cooldown_seconds: int
-    allowed_namespaces: frozenset[str]
-
-
-@dataclass(frozen=True)
-class WebhookSettings:
-    """What calling the agent takes."""
-
-    webhook_url: str
-    webhook_connect_timeout: float
-    webhook_read_timeout: float
-    webhook_budget: float
-    webhook_secret: str | None
 
 
 @dataclass(frozen=True)

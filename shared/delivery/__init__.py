@@ -1,0 +1,1 @@
+"""Calling the AI agent: the signed webhook and its deadline."""

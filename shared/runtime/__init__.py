@@ -1,0 +1,1 @@
+"""The process around the app: settings, logs, metrics, gunicorn parts and the operator's commands."""

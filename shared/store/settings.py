@@ -1,0 +1,21 @@
+"""What reaching the state store takes; shared.runtime.settings reads it from the environment."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """What reaching the state store takes: all the failed-triggers command needs."""
+
+    redis_url: str
+    redis_cluster: bool
+    redis_cluster_nodes: tuple[tuple[str, int], ...]
+    redis_timeout: float
+    # The data nodes' password from REDIS_PASSWORD(_FILE), overriding REDIS_URL's; None when unset.
+    redis_password: str | None
+    # Sentinel mode: (host, port) pairs and the monitored primary's name; () and None otherwise.
+    redis_sentinels: tuple[tuple[str, int], ...]
+    redis_sentinel_master: str | None
+    redis_sentinel_password: str | None
+    cooldown_seconds: int
+    allowed_namespaces: frozenset[str]
