@@ -21,7 +21,7 @@ from redis.sentinel import (
     SentinelManagedSSLConnection,
 )
 
-from shared.store.settings import StoreSettings
+from shared.store.settings import RedisMode, StoreSettings
 
 log = logging.getLogger("aggregator")
 
@@ -110,9 +110,9 @@ def _client_options(settings):
 
 def connect_redis(settings: StoreSettings) -> "Redis | LazyCluster":
     """A Redis (or Redis Cluster, or Sentinel-managed) client whose calls fail within the timeout instead of hanging."""
-    if settings.redis_sentinels:
+    if settings.mode is RedisMode.SENTINEL:
         return connect_sentinel(settings)
-    if settings.redis_cluster:
+    if settings.mode is RedisMode.CLUSTER:
         return connect_cluster(settings)
     return Redis.from_url(settings.redis_url, **_client_options(settings))
 

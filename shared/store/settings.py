@@ -1,6 +1,15 @@
 """What reaching the state store takes; shared.runtime.settings reads it from the environment."""
 
+import enum
 from dataclasses import dataclass
+
+
+class RedisMode(enum.Enum):
+    """How the state store is reached; StoreSettings.mode is the one place that decides it."""
+
+    SINGLE = "single"
+    CLUSTER = "cluster"
+    SENTINEL = "sentinel"
 
 
 @dataclass(frozen=True)
@@ -19,3 +28,10 @@ class StoreSettings:
     redis_sentinel_password: str | None
     cooldown_seconds: int
     allowed_namespaces: frozenset[str]
+
+    @property
+    def mode(self) -> RedisMode:
+        """The one Redis mode these settings select (the parser refuses Sentinel and Cluster together)."""
+        if self.redis_sentinels:
+            return RedisMode.SENTINEL
+        return RedisMode.CLUSTER if self.redis_cluster else RedisMode.SINGLE
