@@ -103,8 +103,8 @@ test-fast: $(DEV_STAMP) valkey-server ## Run the tests without the slow, gunicor
 lint: $(DEV_STAMP) ## Check code and formatting with ruff, types with mypy, and the layers' one-way imports with lint-imports (what each checks: pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 fmt: $(DEV_STAMP) ## Sort imports and format the code with ruff
 	$(BIN)/ruff check --select I --fix .
