@@ -61,7 +61,7 @@ class Setting:
         shown = f"{_shown(self.low)}–{_shown(self.high)}"
         return f"{shown}, below {_shown(self.high)}" if self.below_high else shown
 
-    def _out_of_bounds(self, value: float) -> str | None:
+    def out_of_bounds(self, value: float) -> str | None:
         """What is wrong with a number for this setting, or None."""
         low = -math.inf if self.low is None else self.low
         high = math.inf if self.high is None else self.high
@@ -87,7 +87,7 @@ class Setting:
         except (TypeError, ValueError):
             raise ValueError(f"{self.name} must be a {self.kind.__name__}, got {raw!r}") from None
         # True and False are ints to Python, never a number of seconds to us.
-        problem = self._out_of_bounds(math.nan if isinstance(raw, bool) else value)
+        problem = self.out_of_bounds(math.nan if isinstance(raw, bool) else value)
         if problem:
             raise ValueError(f"{self.name} {problem}, got {raw!r}")
         return value
@@ -100,7 +100,7 @@ class Setting:
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{label} must be a finite number, got {value!r}")
-        problem = self._out_of_bounds(value)
+        problem = self.out_of_bounds(value)
         if problem:
             raise ValueError(f"{label} {problem}, got {value!r}")
 
