@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from shared.core.episodes import MAX_HOLD_SECONDS, EpisodePolicy
+from shared.core.episodes import COOLDOWN_SECONDS, REMINDER_SECONDS, EpisodePolicy
 from shared.core.rules import Thresholds
 from shared.core.schemas import DNS_LABEL
 from shared.core.setting import Setting, declared_settings, parse_bool
@@ -30,8 +30,6 @@ REDIS_SENTINELS = Setting("REDIS_SENTINELS", "the Sentinels, host:port,host:port
 REDIS_SENTINEL_MASTER = Setting("REDIS_SENTINEL_MASTER", "the name the Sentinels monitor the primary under")
 REDIS_SENTINEL_PASSWORD = Setting("REDIS_SENTINEL_PASSWORD", "the Sentinels' own password", secret=True)
 REDIS_TIMEOUT_SECONDS = Setting("REDIS_TIMEOUT_SECONDS", "connect and socket timeout for Redis", 2, float, 0.1, 60)
-# At least one second, so two claims of one key can never carry the same value.
-COOLDOWN_SECONDS = Setting("COOLDOWN_SECONDS", "per-deployment trigger cooldown", 1800, int, 1, 7 * 24 * 3600)
 ALLOWED_NAMESPACES = Setting("ALLOWED_NAMESPACES", "comma-separated namespaces the payloads may name", "default")
 # What parse_store_settings reads: all the operator's failed-triggers command needs (shared/runtime/cli.py).
 STORE_SETTINGS = (
@@ -69,20 +67,9 @@ WEBHOOK_SETTINGS = (
     AGENT_WEBHOOK_BUDGET_SECONDS,
 )
 
-# Empty: the cooldown's value, the spec's behaviour (a firing deployment goes again each window).
-# Its lowest value is the cooldown, set when it is read.
-REMINDER_SECONDS = Setting(
-    "REMINDER_SECONDS", "the least seconds between reminders of an unchanged episode", "", int, high=MAX_HOLD_SECONDS
-)
-RESOLVE_AFTER_SECONDS = Setting(
-    "RESOLVE_AFTER_SECONDS", "quiet seconds after which an open episode resolves", 3600, int, 0, MAX_HOLD_SECONDS
-)
-RESOLVED_NOTIFICATIONS = Setting("RESOLVED_NOTIFICATIONS", "send an episode's resolved item", True, bool)
-# At least an hour, so that an episode outlives the samples that resolve it.
-STATE_TTL_SECONDS = Setting(
-    "STATE_TTL_SECONDS", "seconds an unwritten app hash lives", 8 * 24 * 3600, int, 3600, 365 * 24 * 3600
-)
-EPISODE_SETTINGS = (REMINDER_SECONDS, RESOLVE_AFTER_SECONDS, RESOLVED_NOTIFICATIONS, STATE_TTL_SECONDS)
+# Declared with EpisodePolicy, which they configure; COOLDOWN_SECONDS is the store's too.
+EPISODE_FIELDS = declared_settings(EpisodePolicy)
+EPISODE_SETTINGS = (REMINDER_SECONDS, *(s for name, s in EPISODE_FIELDS.items() if name != "cooldown_seconds"))
 
 # Declared on Thresholds' fields, next to the rules they configure.
 THRESHOLD_SETTINGS = tuple(declared_settings(Thresholds).values())
@@ -207,13 +194,8 @@ def _episodes(config, cooldown):
     reminder = cooldown
     if str(config.get(REMINDER_SECONDS.name) or "").strip():
         reminder = _value(config, replace(REMINDER_SECONDS, low=cooldown))
-    return EpisodePolicy(
-        cooldown_seconds=cooldown,
-        reminder_seconds=reminder,
-        resolve_after_seconds=_value(config, RESOLVE_AFTER_SECONDS),
-        resolved_notifications=_value(config, RESOLVED_NOTIFICATIONS),
-        state_ttl_seconds=_value(config, STATE_TTL_SECONDS),
-    )
+    read = {name: _value(config, setting) for name, setting in EPISODE_FIELDS.items() if name != "cooldown_seconds"}
+    return EpisodePolicy(cooldown_seconds=cooldown, reminder_seconds=reminder, **read)
 
 
 def _positive_float(raw):
