@@ -86,8 +86,9 @@ CPU_MEMORY_PRICE_RATIO = Setting(
     "CPU_MEMORY_PRICE_RATIO", "GiB-hours of memory that cost as much as one core-hour", 7.46, float, 0.01, 10_000
 )
 MAX_DEPLOYMENTS = Setting("MAX_DEPLOYMENTS", "most deployments in one payload", 5000, int, 1, 100_000)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVEL = Setting("LOG_LEVEL", f"the services' and gunicorn's log level: {', '.join(LOG_LEVELS)}", "INFO")
 MAX_BODY_BYTES = Setting("MAX_BODY_BYTES", "largest request body", 4 * 1024 * 1024, int, 1024, 256 * 1024 * 1024)
-LOG_LEVEL = Setting("LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR or CRITICAL", "INFO")
 COST_ENGINE_TOKEN = Setting("COST_ENGINE_TOKEN", "bearer token(s) the cost service accepts", secret=True)
 FORECAST_TOKEN = Setting("FORECAST_TOKEN", "bearer token(s) the forecast service accepts", secret=True)
 AGENT_TOKEN = Setting("AGENT_TOKEN", "bearer token(s) of the AI agent's read and decision paths", secret=True)
@@ -111,8 +112,6 @@ DEFAULTS = {setting.name: setting.env_default for setting in SETTINGS if setting
 SETTING_NAMES = tuple(
     name for setting in SETTINGS for name in (setting.name, *([f"{setting.name}_FILE"] if setting.secret else []))
 )
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(RuntimeError):
