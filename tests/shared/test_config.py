@@ -122,6 +122,9 @@ def test_malformed_webhook_secret_is_refused_without_echoing_it(secret):
         ({"HISTORY_HALF_LIFE_HOURS": "a day"}, "HISTORY_HALF_LIFE_HOURS"),
         ({"CPU_MEMORY_PRICE_RATIO": "0"}, "CPU_MEMORY_PRICE_RATIO"),
         ({"CPU_MEMORY_PRICE_RATIO": "nan"}, "CPU_MEMORY_PRICE_RATIO"),
+        # Waste at 1 could never fire: the message names the variable as the others do.
+        ({"CPU_WASTE_THRESHOLD": "1"}, "CPU_WASTE_THRESHOLD must be below 1"),
+        ({"SAFE_DOWNSCALE_WASTE_THRESHOLD": "1.0"}, "SAFE_DOWNSCALE_WASTE_THRESHOLD must be below 1"),
     ],
 )
 def test_more_bad_settings_name_the_variable(overrides, named):
