@@ -47,7 +47,8 @@ REMINDER_SECONDS = Setting(
 class EpisodePolicy:
     """The episode settings: reminder interval, resolution, and how long idle state is kept.
 
-    The fields but reminder_seconds declare the variable that sets them (REMINDER_SECONDS above).
+    Every field but reminder_seconds declares the variable that sets it; REMINDER_SECONDS, whose
+    lowest value is the cooldown, is declared above.
     """
 
     cooldown_seconds: int = declared(COOLDOWN_SECONDS)

@@ -41,7 +41,7 @@ class Setting:
     kind: type = str  # str, int, float or bool: what parse() returns (str is returned as given)
     low: float | None = None
     high: float | None = None
-    # The value must stay under `high`: a waste fraction of 1 could never fire.
+    # `high` itself is refused too (a waste fraction of 1 could never fire).
     below_high: bool = False
     # A credential: may come from the file NAME_FILE names instead, is never echoed, never in the ConfigMap.
     secret: bool = False
