@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.core.rules import cooldown_remaining
+from shared.core.setting import Setting, check_declared, declared
 
 FIRST, CHANGED, REMINDER, ESCALATION, RESOLVED = "first", "changed", "reminder", "escalation", "resolved"
 NOTIFY_KINDS = (FIRST, CHANGED, REMINDER, ESCALATION, RESOLVED)
@@ -33,21 +34,42 @@ DEFAULT_NO_CHANGE_SECONDS = 7 * 24 * 3600
 HELD, SUPPRESSED, DUE = "cooldown", "suppressed", "due"
 
 
+# At least one second, so two claims of one key can never carry the same value.
+COOLDOWN_SECONDS = Setting("COOLDOWN_SECONDS", "per-deployment trigger cooldown", 1800, int, 1, 7 * 24 * 3600)
+# Empty: the cooldown's value, the spec's behaviour (a firing deployment goes again each window).
+# Its lowest value is the cooldown, known only when both are read.
+REMINDER_SECONDS = Setting(
+    "REMINDER_SECONDS", "the least seconds between reminders of an unchanged episode", "", int, high=MAX_HOLD_SECONDS
+)
+
+
 @dataclass(frozen=True)
 class EpisodePolicy:
-    """The episode settings: reminder interval, resolution, and how long idle state is kept."""
+    """The episode settings: reminder interval, resolution, and how long idle state is kept.
 
-    cooldown_seconds: int = 1800
-    reminder_seconds: int = 1800
-    resolve_after_seconds: int = 3600
-    resolved_notifications: bool = True
-    state_ttl_seconds: int = 8 * 24 * 3600
+    Every field but reminder_seconds declares the variable that sets it; REMINDER_SECONDS, whose
+    lowest value is the cooldown, is declared above.
+    """
+
+    cooldown_seconds: int = declared(COOLDOWN_SECONDS)
+    reminder_seconds: int = COOLDOWN_SECONDS.default
+    resolve_after_seconds: int = declared(
+        Setting(
+            "RESOLVE_AFTER_SECONDS", "quiet seconds after which an episode resolves", 3600, int, 0, MAX_HOLD_SECONDS
+        )
+    )
+    resolved_notifications: bool = declared(
+        Setting("RESOLVED_NOTIFICATIONS", "send an episode's resolved item", True, bool)
+    )
+    # At least an hour, so that an episode outlives the samples that resolve it.
+    state_ttl_seconds: int = declared(
+        Setting("STATE_TTL_SECONDS", "seconds an unwritten app hash lives", 8 * 24 * 3600, int, 3600, 365 * 24 * 3600)
+    )
 
     def __post_init__(self):
+        check_declared(self)
         if not self.cooldown_seconds <= self.reminder_seconds <= MAX_HOLD_SECONDS:
             raise ValueError("reminder_seconds must be at least the cooldown and at most 30 days")
-        if self.resolve_after_seconds < 0 or self.state_ttl_seconds <= 0:
-            raise ValueError("resolve_after_seconds must not be negative, state_ttl_seconds must be positive")
 
     @property
     def episode_ttl_seconds(self) -> int:

@@ -5,10 +5,11 @@ The comparisons are written exactly as the spec writes them, strict `>` and `<`,
 sitting on a threshold never fires.
 """
 
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from shared.core.setting import Setting, check_declared, declared
 
 CPU_WASTE = "cpu_waste"
 CPU_UTILISATION = "cpu_utilisation"
@@ -28,34 +29,49 @@ ZERO_REQUEST = "zero_request"
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The rule settings: the spec's five ratios, the memory rules and the cost/forecast skew limit."""
+    """The rule settings: the spec's five ratios, the memory rules and the cost/forecast skew limit.
 
-    cpu_waste: float = 0.5
-    cpu_utilisation: float = 0.85
-    predicted_spike_ratio: float = 0.9
-    downscale_waste: float = 0.4
-    downscale_peak_ratio: float = 0.6
-    memory_utilisation: float = 0.85
-    predicted_memory_spike_ratio: float = 0.9
-    max_state_skew_seconds: float = 3600
+    Each field declares the variable that sets it, with its default and bounds: a new rule's
+    threshold is added here and nowhere else (shared.runtime.settings reads it from the field).
+    """
+
+    # Waste is a fraction of the request: at 1 or above the rules could never fire.
+    cpu_waste: float = declared(
+        Setting("CPU_WASTE_THRESHOLD", "waste above this fires cpu_waste", 0.5, float, 0, 1, below_high=True)
+    )
+    cpu_utilisation: float = declared(
+        Setting("CPU_UTILISATION_THRESHOLD", "utilisation above this fires cpu_utilisation", 0.85, float, 0, 100)
+    )
+    predicted_spike_ratio: float = declared(
+        Setting("PREDICTED_SPIKE_RATIO", "peak above this x request fires predicted_cpu_spike", 0.9, float, 0, 100)
+    )
+    downscale_waste: float = declared(
+        Setting("SAFE_DOWNSCALE_WASTE_THRESHOLD", "safe_downscale's waste bar", 0.4, float, 0, 1, below_high=True)
+    )
+    downscale_peak_ratio: float = declared(
+        Setting("SAFE_DOWNSCALE_PEAK_RATIO", "safe_downscale's peak bar, x request", 0.6, float, 0, 100)
+    )
+    memory_utilisation: float = declared(
+        Setting("MEMORY_UTILISATION_THRESHOLD", "memory use above this fires memory_utilisation", 0.85, float, 0, 100)
+    )
+    predicted_memory_spike_ratio: float = declared(
+        Setting(
+            "PREDICTED_MEMORY_SPIKE_RATIO",
+            "memory peak above this x request fires predicted_memory_spike",
+            0.9,
+            float,
+            0,
+            100,
+        )
+    )
+    max_state_skew_seconds: float = declared(
+        Setting("MAX_STATE_SKEW_SECONDS", "most seconds between forecast and cost data", 3600, float, 0, 30 * 24 * 3600)
+    )
     # Off by default: the spec's behaviour has CPU rules only.
-    memory_rules: bool = False
+    memory_rules: bool = declared(Setting("MEMORY_RULES", "turns on the two memory rules", False, bool))
 
     def __post_init__(self):
-        if not isinstance(self.memory_rules, bool):
-            raise ValueError(f"memory_rules must be a bool, got {self.memory_rules!r}")
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if field.name == "memory_rules":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"threshold {field.name} must be a finite number, got {value!r}")
-            if value < 0:
-                raise ValueError(f"threshold {field.name} must not be negative, got {value!r}")
-        # Waste is a fraction of the request: at 1 or above the rule could never fire.
-        for name in ("cpu_waste", "downscale_waste"):
-            if getattr(self, name) >= 1:
-                raise ValueError(f"threshold {name} must be below 1, got {getattr(self, name)!r}")
+        check_declared(self)
 
 
 def _reason(rule, value, threshold, **extra):

@@ -1,8 +1,8 @@
 """The operator's commands: list failed agent deliveries, and send them again.
 
 Both read only the settings they use from the app's config: `failed-triggers` the state store's
-(REDIS_URL, REDIS_CLUSTER, REDIS_TIMEOUT_SECONDS, ALLOWED_NAMESPACES), `redeliver` those and the
-webhook's. Every error is one line and a non-zero exit.
+(STORE_SETTINGS in shared/runtime/settings.py), `redeliver` those and the webhook's
+(WEBHOOK_SETTINGS). Every error is one line and a non-zero exit.
 """
 
 import contextlib

@@ -10,25 +10,28 @@ import os
 import sys
 from collections.abc import Mapping
 
-# name: (default, lowest, highest)
-WHOLE_NUMBERS = {
-    "PORT": ("8000", 0, 65535),
-    "WEB_CONCURRENCY": ("2", 1, 64),
-    "GUNICORN_TIMEOUT": ("30", 1, 3600),
-    "GUNICORN_GRACEFUL_TIMEOUT": ("20", 1, 3600),
-    "GUNICORN_THREADS": ("8", 1, 256),
-    "CLIENT_READ_TIMEOUT_SECONDS": ("10", 1, 300),
-}
+from shared.core.setting import Setting
+
+# Whole numbers, each declared once (docs/operations.md's table is checked against them).
+GUNICORN_SETTINGS = (
+    Setting("PORT", "gunicorn's listening port", 8000, int, 0, 65535),
+    Setting("WEB_CONCURRENCY", "gunicorn worker processes", 2, int, 1, 64),
+    Setting("GUNICORN_TIMEOUT", "seconds before gunicorn restarts a silent worker process", 30, int, 1, 3600),
+    Setting("GUNICORN_GRACEFUL_TIMEOUT", "seconds the workers get to finish after SIGTERM", 20, int, 1, 3600),
+    Setting("GUNICORN_THREADS", "threads per worker process", 8, int, 1, 256),
+    Setting("CLIENT_READ_TIMEOUT_SECONDS", "how long a client may send nothing mid-request", 10, int, 1, 300),
+)
+WHOLE_NUMBERS = {setting.name: setting for setting in GUNICORN_SETTINGS}
 
 
 def whole_number(name: str, environ: Mapping[str, str] | None = None) -> int:
     """The integer value of a gunicorn setting; a bad value exits with one line naming the variable."""
     environ = os.environ if environ is None else environ
-    default, low, high = WHOLE_NUMBERS[name]
-    raw = environ.get(name, default)
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    setting = WHOLE_NUMBERS[name]
+    raw = environ.get(name, str(setting.default))
+    if not raw.isdigit() or setting.out_of_bounds(int(raw)):
         # SystemExit passes through gunicorn's config loader, which prints a traceback for any Exception.
-        sys.exit(f"Error: {name} must be a whole number from {low} to {high}, got {raw!r}")
+        sys.exit(f"Error: {name} must be a whole number from {setting.low} to {setting.high}, got {raw!r}")
     return int(raw)
 
 

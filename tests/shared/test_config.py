@@ -1,6 +1,15 @@
 import pytest
 
-from shared.runtime.settings import DEFAULTS, ConfigError, parse_settings, read_environment
+from shared.runtime.settings import (
+    DEFAULTS,
+    STORE_SETTINGS,
+    WEBHOOK_SETTINGS,
+    ConfigError,
+    parse_settings,
+    parse_store_settings,
+    parse_webhook_settings,
+    read_environment,
+)
 
 TOKEN = "t" * 20
 
@@ -113,6 +122,9 @@ def test_malformed_webhook_secret_is_refused_without_echoing_it(secret):
         ({"HISTORY_HALF_LIFE_HOURS": "a day"}, "HISTORY_HALF_LIFE_HOURS"),
         ({"CPU_MEMORY_PRICE_RATIO": "0"}, "CPU_MEMORY_PRICE_RATIO"),
         ({"CPU_MEMORY_PRICE_RATIO": "nan"}, "CPU_MEMORY_PRICE_RATIO"),
+        # Waste at 1 could never fire: the message names the variable as the others do.
+        ({"CPU_WASTE_THRESHOLD": "1"}, "CPU_WASTE_THRESHOLD must be below 1"),
+        ({"SAFE_DOWNSCALE_WASTE_THRESHOLD": "1.0"}, "SAFE_DOWNSCALE_WASTE_THRESHOLD must be below 1"),
     ],
 )
 def test_more_bad_settings_name_the_variable(overrides, named):
@@ -234,3 +246,38 @@ def test_sentinel_settings(tmp_path):
 def test_bad_sentinel_settings(overrides, message):
     with pytest.raises(ConfigError, match=message):
         settings(**overrides)
+
+
+class Recording(dict):
+    """A config that records every variable read from it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def names_of(group):
+    return {name for setting in group for name in (setting.name, f"{setting.name}_FILE")}
+
+
+def test_the_operators_commands_read_only_their_groups():
+    """shared/runtime/cli.py says failed-triggers reads STORE_SETTINGS, and redeliver WEBHOOK_SETTINGS too."""
+    config = Recording({**DEFAULTS, "AGENT_WEBHOOK_URL": "http://agent/hook"})
+    parse_store_settings(config)
+    assert config.read and config.read <= names_of(STORE_SETTINGS), config.read - names_of(STORE_SETTINGS)
+    config.read.clear()
+    parse_webhook_settings(config)
+    assert config.read and config.read <= names_of(WEBHOOK_SETTINGS), config.read - names_of(WEBHOOK_SETTINGS)
+    # Every setting of a group is read: the groups are what the parsers take, no more.
+    config.read.clear()
+    parse_store_settings(config)
+    parse_webhook_settings(config)
+    assert {setting.name for setting in (*STORE_SETTINGS, *WEBHOOK_SETTINGS)} <= config.read
