@@ -170,8 +170,8 @@ def server_commands(stats):
 
 
 def script_stat(stats, field):
-    """A field of the script commands' stats (EVALSHA, and EVAL for a first load): calls or usec."""
-    return sum(stats.get(name, {}).get(field, 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+    """A field of the script calls' stats (EVALSHA; a first load is a SCRIPT LOAD, not a script run): calls or usec."""
+    return stats.get("cmdstat_evalsha", {}).get(field, 0)
 
 
 LATENCY_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}

@@ -1,6 +1,7 @@
 """Claims that outlive their request free themselves within the claim lease, and a stalled Redis costs
 a request one deadline, not one per step: caused for real, under gunicorn, with several callers."""
 
+import hashlib
 import os
 import signal
 import threading
@@ -18,6 +19,9 @@ from devtools.harness import GunicornService, LoopbackServer, RedisServer, wait_
 from shared.store.repository import CLAIM, claim_lease_seconds
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
+
+# What an EVALSHA of the claim script carries: the SHA1 of its text, as redis-py's Script computes it.
+CLAIM_SHA = hashlib.sha1(CLAIM.encode()).hexdigest().encode()
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 
@@ -213,7 +217,7 @@ class ClaimReplySwallower(LoopbackServer):
                     break
                 if not data:
                     break
-                if self.swallowing.is_set() and CLAIM.sha.encode() in data:
+                if self.swallowing.is_set() and CLAIM_SHA in data:
                     eaten.set()  # this link never answers again: its client gives up on it
                     self.swallowed += 1
                 upstream.sendall(data)

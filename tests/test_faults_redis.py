@@ -10,6 +10,7 @@ import requests
 from cost_service import create_app as create_cost_app
 from devtools.harness import GunicornService, RedisClusterServers, RedisServer, RefusingRedis, wait_until
 from shared.store.repository import StateRepository
+from shared.store.settings import RedisMode
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
 
@@ -228,7 +229,7 @@ def test_claims_won_before_redis_ran_out_of_memory_are_released(tmp_path):
     server = RedisServer(tmp_path / "oom", extra=("--maxmemory-policy", "noeviction")).start()
     try:
         store = server.client()
-        repository = StateRepository(store, cooldown_seconds=1800)
+        repository = StateRepository(store, cooldown_seconds=1800, mode=RedisMode.SINGLE)
         names = [f"deployment-{i}" for i in range(5000)]
         # Room for a few hundred of the 5000 claim keys: Redis takes the first SETs and refuses the rest.
         store.config_set("maxmemory", store.info("memory")["used_memory"] + 100 * 1024)

@@ -44,7 +44,7 @@ def one_line_errors() -> Iterator[None]:
 def _store():
     """The store settings and a StateRepository, from the app's config."""
     settings = parse_store_settings(current_app.config)
-    return settings, StateRepository(connect_redis(settings), settings.cooldown_seconds)
+    return settings, StateRepository(connect_redis(settings), settings.cooldown_seconds, mode=settings.mode)
 
 
 def _namespaces(settings, given):
@@ -93,7 +93,9 @@ def redeliver_command(namespaces: tuple[str, ...], webhook_id: str | None, limit
         webhook = AgentWebhook.from_settings(webhook_settings)
         # Claims held while sending: for what this delivery and its Redis steps may take.
         lease = claim_lease_seconds(settings.redis_timeout, webhook_settings.webhook_budget)
-        repository = StateRepository(repository.redis, settings.cooldown_seconds, claim_lease_seconds=lease)
+        repository = StateRepository(
+            repository.redis, settings.cooldown_seconds, claim_lease_seconds=lease, mode=settings.mode
+        )
         pending = []
         for namespace in namespaces:
             records = repository.failed_triggers(namespace, FAILED_KEEP if webhook_id else limit)

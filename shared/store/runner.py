@@ -7,16 +7,23 @@ slot and each group goes to its node as one call: the scripts are declared with
 ``allow-cross-slot-keys`` (Redis 7), and every unit's keys share a slot, so no unit ever spans
 two. The calls to different nodes are all sent before any reply is read, so a step costs one
 round trip's wait whatever the number of nodes.
+
+What is left here is the gap redis-py's script support does not cover: its Script routes a call
+by its keys, so keys of many slots cannot go to one node in one call, and it sends one call at a
+time. SingleRunner is only Script's call. ClusterRunner groups the units by primary, writes the
+EVALSHA of every group before reading a reply (using the Script's SHA), and passes the keys as
+arguments (see scripts/prologue.lua); a node that lacks the script, and a unit retried alone
+after a redirection, go through the Script's own call, which loads it (SCRIPT LOAD) on NOSCRIPT.
 """
 
 import contextlib
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from redis import Redis, RedisCluster
+from redis.commands.core import Script
 from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
@@ -30,6 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.store.connection import LazyCluster
+from shared.store.settings import RedisMode
 
 
 class NotLocalError(ResponseError):
@@ -43,27 +51,6 @@ _REDIRECTED = (AskError, TryAgainError, NotLocalError)
 _NODE_LOST = (RedisConnectionError, RedisTimeoutError, ClusterDownError)
 # A slot map refresh costs a CLUSTER SLOTS; under a burst of failures one per interval is enough.
 REFRESH_INTERVAL_SECONDS = 0.5
-
-
-# Every script starts with this. Keys come in KEYS for a call routed by its keys (all of one
-# slot), or else, for a call to one cluster node over several of its slots, in ARGV after their
-# count: Redis 7.0 refuses declared keys of several slots (CROSSSLOT) even with
-# allow-cross-slot-keys, which only lets a script reach undeclared keys of any slot its node
-# serves. K[ko + i] is the i-th key, nk their count, and A[ao + j] the j-th other argument.
-PROLOGUE = """#!lua flags=allow-cross-slot-keys
-local K, A, ko, ao, nk = KEYS, ARGV, 0, 0, #KEYS
-if nk == 0 and #ARGV > 0 then
-  nk = tonumber(ARGV[1])
-  K, ko, ao = ARGV, 1, nk + 1
-end"""
-
-
-class Script:
-    """A Lua script and its SHA1, computed here so no SCRIPT LOAD is needed before its first call."""
-
-    def __init__(self, body: str):
-        self.body = body
-        self.sha = hashlib.sha1(body.encode()).hexdigest()
 
 
 class Unit(NamedTuple):
@@ -98,34 +85,30 @@ def _flatten(units, header):
 
 
 def _undeclared(keys, argv):
-    """The arguments of a call whose keys, of several slots, go undeclared (see PROLOGUE)."""
-    return [0, len(keys), *keys, *argv]
-
-
-def _evalsha(client, script, args):
-    """EVALSHA through a client; on NOSCRIPT (a restarted or flushed Redis), EVAL, which caches it again."""
-    try:
-        return client.execute_command("EVALSHA", script.sha, *args)
-    except NoScriptError:
-        return client.execute_command("EVAL", script.body, *args)
+    """The ARGV of a call whose keys, of several slots, go undeclared (see scripts/prologue.lua)."""
+    return [len(keys), *keys, *argv]
 
 
 class SingleRunner:
     """Runs a script over all units in one call to one Redis."""
 
-    def __init__(self, redis):
+    def __init__(self, redis: Redis):
         self.redis = redis
+
+    def register(self, body: str) -> Script:
+        """A script of this runner's Redis."""
+        return self.redis.register_script(body)
 
     def run(self, script: Script, units: Sequence[Unit], header: Header) -> list:
         """The script's reply for each unit, in order."""
         if not units:
             return []
         keys, argv = _flatten(units, header)
-        return list(_evalsha(self.redis, script, [len(keys), *keys, *argv]))
+        return list(script(keys, argv, client=self.redis))
 
     def probe(self, script: Script) -> None:
         """Run a keyless script once; raise what Redis answers when it refuses."""
-        _evalsha(self.redis, script, [0])
+        script(client=self.redis)
 
 
 class ClusterRunner:
@@ -136,10 +119,15 @@ class ClusterRunner:
     `raise_first`).
     """
 
-    def __init__(self, cluster):
+    def __init__(self, cluster: RedisCluster | LazyCluster):
         self.cluster = cluster  # a RedisCluster, or a LazyCluster standing in for one
         self._refresh_lock = threading.Lock()
         self._refreshed_at = 0.0
+
+    def register(self, body: str) -> Script:
+        """A script of this runner's cluster; registering it reaches no node (a LazyCluster stays lazy)."""
+        # Given bytes, Script asks its client for no encoder; every call here names its client.
+        return Script(cast(RedisCluster, self.cluster), body.encode())
 
     def run(self, script: Script, units: Sequence[Unit], header: Header) -> list:
         """The script's reply (or the exception met) for each unit, in order."""
@@ -159,7 +147,7 @@ class ClusterRunner:
                 self._fail(indexes, exc, results)
                 continue
             try:
-                connection.send_command("EVALSHA", script.sha, *_undeclared(keys, argv))
+                connection.send_command("EVALSHA", script.sha, 0, *_undeclared(keys, argv))
             except Exception as exc:
                 connection.disconnect()
                 pool.release(connection)
@@ -217,7 +205,7 @@ class ClusterRunner:
                 raise ClusterDownError(f"cluster_state is {state}")
             # Keyless, so it goes to each primary in turn: every one of them takes some of the writes.
             for node in cluster.get_primaries():
-                _evalsha(cluster.get_redis_connection(node), script, [0])
+                script(client=cluster.get_redis_connection(node))
         except _NODE_LOST as exc:
             self.refresh(exc)
             raise
@@ -244,7 +232,7 @@ class ClusterRunner:
         """The group's call again on its node, after Redis said it lacks the script."""
         keys, argv = _flatten(subset, header)
         try:
-            return _evalsha(cluster.get_redis_connection(node), script, _undeclared(keys, argv))
+            return script([], _undeclared(keys, argv), client=cluster.get_redis_connection(node))
         except Exception as exc:
             return _classify(exc) if isinstance(exc, ResponseError) else exc
 
@@ -253,7 +241,7 @@ class ClusterRunner:
         for index in indexes:
             keys, argv = _flatten([units[index]], header)
             try:
-                results[index] = _evalsha(cluster, script, [len(keys), *keys, *argv])[0]
+                results[index] = script(keys, argv, client=cluster)[0]
             except Exception as exc:
                 results[index] = exc
 
@@ -281,8 +269,8 @@ def raise_first(results: Sequence) -> None:
             raise result
 
 
-def runner_for(redis: Redis | RedisCluster | LazyCluster) -> SingleRunner | ClusterRunner:
-    """The runner suited to a client: per node for a Redis Cluster, one call otherwise."""
-    if isinstance(redis, RedisCluster | LazyCluster):
-        return ClusterRunner(redis)
-    return SingleRunner(redis)
+def runner_for(redis: Redis | RedisCluster | LazyCluster, mode: RedisMode) -> SingleRunner | ClusterRunner:
+    """The runner suited to a client of `mode`: per node on a Redis Cluster, one call otherwise (Sentinel too)."""
+    if mode is RedisMode.CLUSTER:
+        return ClusterRunner(cast(RedisCluster | LazyCluster, redis))
+    return SingleRunner(cast(Redis, redis))

@@ -78,6 +78,7 @@ def build_service(spec: ServiceSpec, settings: Settings) -> Service:
         connect_redis(settings),
         settings.cooldown_seconds,
         history_half_life_seconds=settings.history_half_life_hours * 3600,
+        mode=settings.mode,
         claim_lease_seconds=claim_lease_seconds(settings.redis_timeout, settings.webhook_budget),
         episodes=settings.episodes,
     )

@@ -3,6 +3,7 @@
 import pytest
 
 from shared.store.repository import StateRepository
+from shared.store.settings import RedisMode
 
 
 @pytest.fixture
@@ -12,6 +13,12 @@ def redis_client(store):
 
 
 @pytest.fixture
-def repo(redis_client):
+def mode(store):
+    """How that client reaches the store."""
+    return RedisMode.CLUSTER if store[1] else RedisMode.SINGLE
+
+
+@pytest.fixture
+def repo(redis_client, mode):
     """A repository over that client, with a 30-minute cooldown."""
-    return StateRepository(redis_client, cooldown_seconds=1800)
+    return StateRepository(redis_client, cooldown_seconds=1800, mode=mode)

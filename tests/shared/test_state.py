@@ -7,6 +7,7 @@ from redis.crc import key_slot
 
 from devtools.harness import close_cluster_client, wait_until
 from shared.store.repository import DEFAULT_CLAIM_LEASE_SECONDS, Claims, StateRepository
+from shared.store.settings import RedisMode
 
 NS = "default"
 
@@ -137,8 +138,8 @@ def test_a_window_opened_by_a_risk_rule_is_not_escalated_again(repo, redis_clien
     assert won(repo.claim(NS, ["a"], {"a"}, now=1001)) == ([], [])
 
 
-def test_an_unsettled_claim_frees_itself_and_its_item_goes_again_under_the_same_id(redis_client):
-    repo = StateRepository(redis_client, cooldown_seconds=1800, claim_lease_seconds=1)
+def test_an_unsettled_claim_frees_itself_and_its_item_goes_again_under_the_same_id(redis_client, mode):
+    repo = StateRepository(redis_client, cooldown_seconds=1800, claim_lease_seconds=1, mode=mode)
     first = repo.claim(NS, ["a", "b"], {"b"}, now=1000)
     assert won(first) == (["a", "b"], []) and first.reclaimed == []
     # Nobody settles or releases: the request died, or its settle never reached Redis.
@@ -164,8 +165,8 @@ def test_a_released_claim_leaves_no_pending_id(repo, redis_client):
     assert again.reclaimed == [] and again.ids["a"] != first.ids["a"]
 
 
-def test_an_unsettled_escalation_frees_itself_within_the_lease(redis_client):
-    repo = StateRepository(redis_client, cooldown_seconds=1800, claim_lease_seconds=1)
+def test_an_unsettled_escalation_frees_itself_within_the_lease(redis_client, mode):
+    repo = StateRepository(redis_client, cooldown_seconds=1800, claim_lease_seconds=1, mode=mode)
     repo.settle_delivered(NS, repo.claim(NS, ["a"], set(), now=1000))
     lost = repo.claim(NS, ["a"], {"a"}, now=1010)
     assert won(lost) == ([], ["a"])
@@ -190,8 +191,8 @@ def test_settling_a_window_keeps_only_the_escalation_its_own_risk_took(repo, red
     assert 1790 < redis_client.ttl("{trigger:default:b}:escalation") <= 1800
 
 
-def test_a_settle_after_the_lease_ran_out_does_not_extend_a_later_claim(redis_client):
-    repo = StateRepository(redis_client, cooldown_seconds=1800, claim_lease_seconds=1)
+def test_a_settle_after_the_lease_ran_out_does_not_extend_a_later_claim(redis_client, mode):
+    repo = StateRepository(redis_client, cooldown_seconds=1800, claim_lease_seconds=1, mode=mode)
     slow = repo.claim(NS, ["a"], set(), now=1000)
     assert wait_until(lambda: not redis_client.exists("trigger:default:a"), timeout=5)
     newer = repo.claim(NS, ["a"], set(), now=1003)
@@ -273,7 +274,7 @@ def _nodes(redis_client):
 
 def _client_calls(nodes):
     """Per node, the calls of the commands a client sends itself (script calls' inner commands aside)."""
-    counted = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_command", "cmdstat_cluster", "cmdstat_script")
+    counted = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_command", "cmdstat_cluster", "cmdstat_script|load")
     return [
         {name: stats["calls"] for name, stats in node.info("commandstats").items() if name in counted} for node in nodes
     ]
@@ -292,7 +293,7 @@ def test_each_step_is_one_script_call_per_node_whatever_the_payload(repo, redis_
         lambda: repo.settle_failed(NS, claims(10, names[::2], names[1::2]), record={"n": size}),
     )
     for step in steps:
-        step()  # the first call of a script on a node loads it there (EVAL)
+        step()  # the first call of a script on a node loads it there (NOSCRIPT, then SCRIPT LOAD)
     for step in steps:
         for node in nodes:
             node.config_resetstat()
@@ -356,7 +357,7 @@ def slot_moved_behind_the_clients_back(url, key, warm_up):
     stale client is closed."""
     client = redis.RedisCluster.from_url(url)
     client.flushall()
-    repo = StateRepository(client, cooldown_seconds=1800)
+    repo = StateRepository(client, cooldown_seconds=1800, mode=RedisMode.CLUSTER)
     warm_up(repo)
     slot = key_slot(key.encode())
     source = client.nodes_manager.get_node_from_slot(slot)
