@@ -1,5 +1,6 @@
 from shared.runtime.settings import DEFAULTS, parse_settings
-from shared.store.connection import PrimaryCheckedSSLConnection, connect_redis
+from shared.store.connection import connect_redis
+from shared.store.sentinel import PrimaryCheckedSSLConnection
 
 
 def settings(**overrides):
