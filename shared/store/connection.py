@@ -13,14 +13,10 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode
 from redis.connection import parse_url
 from redis.retry import Retry
+from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 
 from shared.store.lazy_cluster import LazyCluster
-from shared.store.sentinel import (
-    FollowingPrimaryPool,
-    NewestEpochSentinel,
-    PrimaryCheckedConnection,
-    PrimaryCheckedSSLConnection,
-)
+from shared.store.sentinel import FollowingPrimaryPool, NewestEpochSentinel
 from shared.store.settings import RedisMode, StoreSettings
 
 # Redis being away (down, failing over, loading) or refusing writes (out of memory, a read-only
@@ -155,7 +151,8 @@ def connect_sentinel(settings: StoreSettings) -> Redis:
         FollowingPrimaryPool(
             master,
             sentinel,
-            connection_class=PrimaryCheckedSSLConnection if tls else PrimaryCheckedConnection,
+            # Closes a connection whose server answers READONLY and raises a ConnectionError (see sentinel.py).
+            connection_class=SentinelManagedSSLConnection if tls else SentinelManagedConnection,
             retry=_retry(),
             watcher_options={**timeouts, **sentinel_options},
             **NO_CLIENT_SETINFO,

@@ -6,6 +6,11 @@ demoted primary until that primary refuses (about 10 s after the promotion, and 
 between is lost). NewestEpochSentinel believes the newest configuration; FollowingPrimaryPool
 listens to the Sentinels' failover events, stops writing as a promotion starts and follows the
 switch.
+
+What redis-py already does is left to it: its SentinelManagedConnection closes a connection whose
+server answers READONLY (no longer the primary) and raises a ConnectionError, a 503 to retry, and
+the next connection asks the Sentinels again. (A command that writes nothing is answered by such a
+server; every state change of the services is a write.)
 """
 
 import logging
@@ -16,13 +21,7 @@ from typing import Any
 
 from redis import Redis
 from redis import exceptions as redis_errors
-from redis.sentinel import (
-    MasterNotFoundError,
-    Sentinel,
-    SentinelConnectionPool,
-    SentinelManagedConnection,
-    SentinelManagedSSLConnection,
-)
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 log = logging.getLogger("aggregator")
 
@@ -61,25 +60,6 @@ class NewestEpochSentinel(Sentinel):
         if best is None:
             raise MasterNotFoundError(f"No primary found for {service_name!r} {'; '.join(errors)}".strip())
         return best[1]
-
-
-class PrimaryCheckedConnection(SentinelManagedConnection):
-    """A connection that refuses a server which is not (or no longer) a primary."""
-
-    def connect_to(self, address: tuple[str, int]) -> None:
-        """Connect, then check with ROLE that the server takes writes."""
-        super().connect_to(address)
-        self.send_command("ROLE")
-        role = self.read_response()[0]
-        role = role.decode() if isinstance(role, bytes) else role
-        if role != "master":
-            self.disconnect()
-            # A ConnectionError: to the caller this is "Redis unavailable", a 503 to retry.
-            raise redis_errors.ConnectionError(f"{address[0]}:{address[1]} is a {role}, not the primary")
-
-
-class PrimaryCheckedSSLConnection(PrimaryCheckedConnection, SentinelManagedSSLConnection):
-    """PrimaryCheckedConnection over TLS."""
 
 
 class FollowingPrimaryPool(SentinelConnectionPool):

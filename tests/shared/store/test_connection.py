@@ -24,7 +24,7 @@ def test_redis_url_options_apply_in_sentinel_mode(store_settings, tmp_path):
     kwargs = pool.connection_kwargs
     assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"], kwargs["db"]) == (0.7, 2.0, 3)
     assert (kwargs["username"], kwargs["password"], kwargs["client_name"]) == ("svc", "data-pw", "agg")
-    assert issubclass(pool.connection_class, SentinelManagedSSLConnection) and kwargs["ssl_ca_certs"] == str(ca)
+    assert pool.connection_class is SentinelManagedSSLConnection and kwargs["ssl_ca_certs"] == str(ca)
     # The Sentinels: their own password, TLS with the same CA, never the data nodes' password.
     for sentinel in pool.sentinel_manager.sentinels:
         sentinel_kwargs = sentinel.connection_pool.connection_kwargs
