@@ -60,12 +60,12 @@ def unavailable_code(exc: BaseException) -> str | None:
 # the usage history, claim, settle, release; the commands they call run under the same user),
 # EVAL for a Redis that lost its script cache, the history reads, the failed list, the
 # failed-triggers and redeliver commands (GET, PTTL, LREM) and /readyz, PING for the client's
-# health check (health_check_interval), ROLE for Sentinel mode, SELECT for a database other than
-# 0, and the key prefixes of shared/store/repository.py. docs/operations.md quotes it and
-# tests/test_redis_acl.py gives a user exactly this rule.
+# health check (health_check_interval), SELECT for a database other than 0, and the key prefixes
+# of shared/store/repository.py. docs/operations.md quotes it and tests/test_redis_acl.py gives a
+# user exactly this rule.
 MINIMAL_ACL_RULE = (
     "resetkeys ~app:* ~{app:* ~trigger:* ~{trigger:* ~triggers:* ~cluster:* ~{cluster:* resetchannels -@all "
-    "+ping +role +select +evalsha +eval +get +set +del +exists +ttl +pttl +hget +hmget +hset +hsetnx +hdel "
+    "+ping +select +evalsha +eval +get +set +del +exists +ttl +pttl +hget +hmget +hset +hsetnx +hdel "
     "+hgetall +hincrby +hlen +expire +pexpire +lpush +ltrim +lrange +lrem"
 )
 

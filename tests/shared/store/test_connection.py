@@ -5,7 +5,8 @@ from redis import exceptions as redis_errors
 from redis.sentinel import SentinelManagedSSLConnection
 
 from devtools.harness import RedisServer
-from shared.store.connection import connect_redis, unavailable_code
+from shared.store.connection import MINIMAL_ACL_RULE, connect_redis, unavailable_code
+from shared.store.repository import StateRepository
 
 
 def test_redis_url_options_apply_in_sentinel_mode(store_settings, tmp_path):
@@ -64,4 +65,27 @@ def test_a_write_to_a_replica_the_sentinels_name_is_refused_as_unavailable(
     named[0] = ("127.0.0.1", primary.port)
     assert client.set("app:default:adservice", "1")
     assert primary.client().get("app:default:adservice") == b"1"
+    client.close()
+
+
+def test_sentinel_mode_needs_nothing_beyond_the_minimal_acl_rule(store_settings, primary_and_replica, monkeypatch):
+    primary, _ = primary_and_replica
+    admin = primary.client()
+    admin.execute_command(
+        "ACL", "SETUSER", "aggregator", "reset", "on", ">acl-pw-0123456789", *MINIMAL_ACL_RULE.split()
+    )
+    client = connect_redis(
+        store_settings(
+            REDIS_URL="redis://aggregator:acl-pw-0123456789@unused/0",
+            REDIS_SENTINELS="127.0.0.1:1",
+            REDIS_SENTINEL_MASTER="m",
+        )
+    )
+    sentinels = client.connection_pool.sentinel_manager
+    monkeypatch.setattr(sentinels, "sentinels", [])
+    monkeypatch.setattr(sentinels, "discover_master", lambda service_name: ("127.0.0.1", primary.port))
+    StateRepository(client, cooldown_seconds=60).check_ready()  # /readyz: a write-flagged script
+    assert client.set("app:default:adservice", "1") and client.ping()
+    # Not one command the Sentinel-mode client sent on connecting or after was refused.
+    assert admin.execute_command("ACL", "LOG") == []
     client.close()
