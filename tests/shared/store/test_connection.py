@@ -89,3 +89,4 @@ def test_sentinel_mode_needs_nothing_beyond_the_minimal_acl_rule(store_settings,
     # Not one command the Sentinel-mode client sent on connecting or after was refused.
     assert admin.execute_command("ACL", "LOG") == []
     client.close()
+    admin.close()

@@ -103,7 +103,8 @@ def pool(old_and_new):
 
 def connected_to(server):
     """How many of the pool's connections `server` holds."""
-    return sum(client["name"] == "following-pool-test" for client in server.client().client_list())
+    with server.client() as admin:
+        return sum(client["name"] == "following-pool-test" for client in admin.client_list())
 
 
 def promotion_event(master=MASTER):
