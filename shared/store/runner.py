@@ -36,7 +36,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.store.connection import LazyCluster
+from shared.store.lazy_cluster import LazyCluster
 from shared.store.settings import RedisMode
 
 
