@@ -2,17 +2,12 @@
 
 Delivery signs each call as Standard Webhooks define it (when a secret is set), retries what is
 worth retrying with backoff and jitter, never follows a redirect, and never takes longer than its
-budget: requests' timeouts bound each socket read, so an agent dripping its answer byte by byte
-would outlast them; a watchdog shuts the socket at the deadline instead.
+budget: a Watchdog (shared.delivery.deadline) cuts whatever an attempt is doing at the deadline.
 """
 
-import contextlib
-import http.client
 import json
 import logging
 import random
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -22,12 +17,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
 from standardwebhooks import Webhook
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from shared.core.clock import utc_now_iso
+from shared.delivery.deadline import Watchdog, deadline_session
 from shared.delivery.settings import WebhookSettings
 
 TRIGGER_TYPE = "deployments.thresholds_crossed"
@@ -65,94 +58,6 @@ class Delivery:
     attempts: int
     webhook_id: str
     location: str | None = None  # where a 3xx answer pointed (never followed)
-
-
-# The connections each thread's current delivery uses, for its watchdog to cut.
-_in_use = threading.local()
-
-
-class _StatusNotingResponse(http.client.HTTPResponse):
-    """Notes each status line read for the calling thread's delivery, before any header is read:
-    a 2xx status line counts as delivered even when the agent then drips its headers past the deadline."""
-
-    def _read_status(self):
-        version, status, reason = super()._read_status()  # type: ignore[misc]
-        statuses = getattr(_in_use, "statuses", None)
-        if statuses is not None:
-            statuses.append(status)
-        return version, status, reason
-
-
-class _WatchedHTTPConnection(HTTPConnection):
-    """Registers itself with the delivery of the calling thread each time it sends a request."""
-
-    response_class = _StatusNotingResponse
-
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        """urllib3's request, after telling the calling thread's watchdog which connection it uses."""
-        connections = getattr(_in_use, "connections", None)
-        if connections is not None:
-            connections.append(self)
-        return super().request(*args, **kwargs)
-
-
-class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
-    pass
-
-
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-class DeadlineAdapter(HTTPAdapter):
-    """requests' adapter whose connections a delivery's watchdog can cut at its deadline."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        """The usual pool manager, building watched connections."""
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
-
-
-def deadline_session() -> requests.Session:
-    """A requests Session whose http(s) connections can be cut by a delivery's watchdog."""
-    session = requests.Session()
-    adapter = DeadlineAdapter()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
-class _Watchdog:
-    """Shuts the sockets a delivery uses once its deadline has passed, whatever the agent is doing."""
-
-    def __init__(self, seconds):
-        self.connections = []
-        self.statuses = []
-        self.fired = threading.Event()
-        self._timer = threading.Timer(seconds, self._cut)
-        self._timer.daemon = True
-
-    def __enter__(self):
-        _in_use.connections, _in_use.statuses = self.connections, self.statuses
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._timer.cancel()
-        _in_use.connections = _in_use.statuses = None
-
-    def _cut(self):
-        self.fired.set()
-        for connection in self.connections:
-            sock = connection.sock
-            if sock is not None:
-                # shutdown, not close: it wakes the thread blocked reading this socket.
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def retry_after_seconds(response: requests.Response) -> float | None:
@@ -204,7 +109,7 @@ class AgentWebhook:
         except ValueError:
             log.exception("trigger message not serialisable", extra={"request_id": request_id})
             return Delivery(False, None, "message not serialisable", time.monotonic() - started, 0, webhook_id)
-        with _Watchdog(self.budget + WATCHDOG_GRACE_SECONDS) as watchdog:
+        with Watchdog(self.budget + WATCHDOG_GRACE_SECONDS) as watchdog:
             return self._attempts(body, webhook_id, request_id, started, deadline, watchdog)
 
     def _attempts(self, body, webhook_id, request_id, started, deadline, watchdog):
