@@ -1,4 +1,4 @@
-"""The trigger sent to the AI agent: building the message and delivering it are separate steps.
+"""Delivering the trigger to the AI agent (shared.core.trigger builds it).
 
 Delivery signs each call as Standard Webhooks define it (when a secret is set), retries what is
 worth retrying with backoff and jitter, never follows a redirect, and never takes longer than its
@@ -13,7 +13,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -22,11 +22,9 @@ from typing import Any
 import requests
 from standardwebhooks import Webhook
 
-from shared.core.clock import utc_now_iso
 from shared.delivery.deadline import Watchdog, deadline_session
 from shared.delivery.settings import WebhookSettings
 
-TRIGGER_TYPE = "deployments.thresholds_crossed"
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 2.0
 # A wait that leaves less than this before the deadline leaves no time for an attempt.
@@ -36,20 +34,6 @@ LEAST_ATTEMPT_SECONDS = 0.05
 WATCHDOG_GRACE_SECONDS = 0.1
 
 log = logging.getLogger("aggregator.webhook")
-
-
-def build_trigger(
-    source: str, namespace: str, cluster: Mapping[str, Any], items: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """The webhook body: `items` are the trigger entries, each given its own id here."""
-    return {
-        "type": TRIGGER_TYPE,
-        "source": source,
-        "namespace": namespace,
-        "sent_at": utc_now_iso(),
-        "cluster": {"hourly_cost_gbp": cluster.get("hourly_cost_gbp"), "vm_count": cluster.get("vm_count")},
-        "triggers": [{"id": str(uuid.uuid4()), **item} for item in items],
-    }
 
 
 @dataclass(frozen=True)

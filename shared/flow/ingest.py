@@ -31,7 +31,8 @@ from shared.core.episodes import (
 )
 from shared.core.recommend import DEFAULT_CPU_MEMORY_PRICE_RATIO, price, recommend
 from shared.core.rules import Thresholds, cooldown_remaining, has_risk
-from shared.delivery.webhook import AgentWebhook, Delivery, build_trigger
+from shared.core.trigger import build_trigger
+from shared.delivery.webhook import AgentWebhook, Delivery
 from shared.store.repository import Claims, EpisodeItem, SavedPayload, StateRepository
 
 log = logging.getLogger("aggregator")

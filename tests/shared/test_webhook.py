@@ -6,13 +6,12 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from devtools.agent_receiver import AgentReceiver
 from devtools.harness import free_port
+from shared.core.trigger import build_trigger
 from shared.delivery.webhook import (
     LEAST_ATTEMPT_SECONDS,
-    TRIGGER_TYPE,
     AgentWebhook,
     Outcome,
     RetryPolicy,
-    build_trigger,
     judge_answer,
     retry_after_seconds,
 )
@@ -53,17 +52,6 @@ def answer(status=200, **headers):
     response.status_code = status
     response.headers.update(headers)
     return response
-
-
-def test_build_trigger_has_the_contract_shape():
-    body = message()
-    assert body["type"] == TRIGGER_TYPE == "deployments.thresholds_crossed"
-    assert body["source"] == "cost" and body["namespace"] == "default"
-    assert body["cluster"] == {"hourly_cost_gbp": 1.25, "vm_count": 3}
-    assert body["sent_at"].endswith("Z")
-    [trigger] = body["triggers"]
-    assert list(trigger) == ["id", "deployment", "reasons", "state"]
-    assert len(trigger["id"]) == 36
 
 
 def test_delivery_to_a_real_receiver(receiver):
