@@ -33,6 +33,7 @@ from devtools.agent_receiver import AgentReceiver
 from devtools.harness import RedisServer
 from shared.core.episodes import APPLIED, CHANGED, FIRST, NO_CHANGE, NOTIFY_KINDS, RESOLVED, SNOOZE
 from shared.core.rules import RISK_RULES, Thresholds, evaluate_cost, has_risk
+from shared.web.services import service_of
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "episodes-token-0123456789abcdef"
@@ -86,7 +87,7 @@ def replay(deployments, days, mode):
                 "LOG_LEVEL": "WARNING",
                 **settings,
             }
-            svc = create_app(config).extensions["aggregator"]
+            svc = service_of(create_app(config))
             received = []  # (step, name, notify, has risk, item)
             waiting = {}  # name -> step of its risk event's first risky sample, until an item with risk comes
             delays = []

@@ -11,6 +11,7 @@ import pytest
 
 from cost_service import create_app as create_cost_app
 from forecast_service import create_app as create_forecast_app
+from shared.web.services import service_of
 from tests.conftest import AGENT_TOKEN, COST_TOKEN, FORECAST_TOKEN, auth
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -25,8 +26,8 @@ class Feed:
     """Sends cost and forecast samples through the services' own ingest, at times the test gives."""
 
     def __init__(self, cost_app, forecast_app):
-        self.cost_service = cost_app.extensions["aggregator"]
-        self.forecast_service = forecast_app.extensions["aggregator"]
+        self.cost_service = service_of(cost_app)
+        self.forecast_service = service_of(forecast_app)
 
     def cost(self, now, req_cpu=2.0, usage=0.4, req_mem=4096, usage_mem=512, name="adservice"):
         """One cost sample of `name` at `now`; the IngestResult."""

@@ -7,15 +7,15 @@ from cost_service import create_app as create_cost_app
 from devtools.harness import ROOT
 from forecast_service import create_app as create_forecast_app
 from shared.runtime.settings import ConfigError
-from shared.web.services import COST
+from shared.web.services import COST, service_of
 
 
 def test_test_config_overrides_the_environment(base_config, monkeypatch):
     monkeypatch.setenv("COOLDOWN_SECONDS", "60")
     app = create_cost_app(base_config)
-    assert app.extensions["aggregator"].settings.cooldown_seconds == 60
+    assert service_of(app).settings.cooldown_seconds == 60
     app = create_cost_app({**base_config, "COOLDOWN_SECONDS": "90"})
-    assert app.extensions["aggregator"].settings.cooldown_seconds == 90
+    assert service_of(app).settings.cooldown_seconds == 90
 
 
 def test_each_service_needs_only_its_own_token(base_config):

@@ -8,7 +8,7 @@ import requests
 
 from cost_service import create_app as create_cost_app
 from devtools.harness import GunicornService, SocketAgent
-from shared.web.services import COST
+from shared.web.services import COST, service_of
 from tests.conftest import COST_TOKEN
 
 BUDGET = 1.5
@@ -51,7 +51,7 @@ def test_a_dripping_agent_counts_from_its_status_line_and_holds_nothing(
 def post_timed(base_config, url, cost_payload, cost_headers):
     """POST the payload to a cost app whose per-read timeout (30 s) only the budget's deadline can beat."""
     client = app_for(base_config, url).test_client()
-    client.application.extensions["aggregator"].aggregator.webhook.read_timeout = 30
+    service_of(client.application).aggregator.webhook.read_timeout = 30
     started = time.monotonic()
     response = client.post("/metrics/cost", json=cost_payload, headers=cost_headers)
     return response, time.monotonic() - started

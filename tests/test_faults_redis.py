@@ -11,7 +11,7 @@ from cost_service import create_app as create_cost_app
 from devtools.harness import GunicornService, RedisClusterServers, RedisServer, RefusingRedis, wait_until
 from shared.store.repository import StateRepository
 from shared.store.settings import RedisMode
-from shared.web.services import COST
+from shared.web.services import COST, service_of
 from tests.conftest import COST_TOKEN
 
 
@@ -246,19 +246,19 @@ def test_claims_won_before_redis_ran_out_of_memory_are_released(tmp_path):
 def test_claims_are_released_when_the_request_dies_before_an_outcome(
     cost_app, redis_client, cost_payload, cost_headers
 ):
-    aggregator = cost_app.extensions["aggregator"].aggregator
+    aggregator = service_of(cost_app).aggregator
 
     def told_to_exit(message, request_id):
         raise SystemExit(1)  # what gunicorn's worker abort does to a request in flight
 
     aggregator.webhook.deliver = told_to_exit
     with pytest.raises(SystemExit):
-        aggregator.ingest(cost_app.extensions["aggregator"].source, load(cost_app, cost_payload), "req-1")
+        aggregator.ingest(service_of(cost_app).source, load(cost_app, cost_payload), "req-1")
     assert redis_client.keys("trigger:*") == []
 
 
 def load(app, payload):
-    return app.extensions["aggregator"].schema.load(payload)
+    return service_of(app).schema.load(payload)
 
 
 def test_readiness_runs_its_write_probe_on_single_redis_and_cluster(base_config, store):

@@ -11,6 +11,7 @@ from devtools.harness import ROOT
 from forecast_service import create_app as create_forecast_app
 from shared.store.connection import CLUSTER_ACL_ADDITIONS, MINIMAL_ACL_RULE
 from shared.store.repository import Claims
+from shared.web.services import service_of
 from tests.conftest import AGENT_TOKEN, COST_TOKEN, FORECAST_TOKEN, auth
 
 USER, PASSWORD = "aggregator", "acl-user-password-0123456789"
@@ -150,8 +151,8 @@ def without(token):
 def test_a_user_lacking_part_of_the_rule_is_refused(server, admin, receiver, cost_payload, missing, step):
     create_user(admin, without(missing))
     app = create_cost_app(config(server.port, receiver))
-    repository = app.extensions["aggregator"].aggregator.repository
-    payload = app.extensions["aggregator"].schema.load(cost_payload)
+    repository = service_of(app).aggregator.repository
+    payload = service_of(app).schema.load(cost_payload)
     # NOPERM from a command; from inside a script Redis words it as "can't run this command".
     with pytest.raises(redis.exceptions.ResponseError, match="(?i)noperm|no permissions|can't run this command"):
         step(repository, payload)

@@ -29,9 +29,11 @@ from shared.core.episodes import (
     screen,
     targets,
 )
+from shared.core.history import History
 from shared.core.recommend import DEFAULT_CPU_MEMORY_PRICE_RATIO, price, recommend
 from shared.core.rules import Thresholds, cooldown_remaining, has_risk
-from shared.delivery.webhook import AgentWebhook, Delivery, build_trigger
+from shared.core.trigger import build_trigger
+from shared.delivery.webhook import AgentWebhook, Delivery
 from shared.store.repository import Claims, EpisodeItem, SavedPayload, StateRepository
 
 log = logging.getLogger("aggregator")
@@ -155,6 +157,44 @@ class Evaluation:
     mirrors: dict[str, Mirror] = field(default_factory=dict)  # read after the claim, where the save sent none
 
 
+def episode_mirror(name: str, saved: SavedPayload, found: Evaluation) -> Mirror:
+    """The deployment's episode mirror, as the save or the read after the claim brought it (empty: none)."""
+    return found.mirrors.get(name) or saved.mirror(name) or Mirror()
+
+
+@dataclass
+class Round:
+    """One request's round of triggering: what it stored, evaluated and claimed, and the message built for that."""
+
+    namespace: str
+    request_id: str
+    saved: SavedPayload
+    found: Evaluation
+    claims: Claims
+    message: dict[str, Any] = field(default_factory=dict)  # the trigger, once built
+
+    def __post_init__(self) -> None:
+        self._windows = frozenset(self.claims.claimed)
+        self._escalations = frozenset(self.claims.escalated)
+
+    def opens_window(self, name: str) -> bool:
+        """True when the deployment's item opened a cooldown window (not an escalation or a resolution)."""
+        return name in self._windows
+
+    def escalates(self, name: str) -> bool:
+        """True when the deployment's item escalates a running window."""
+        return name in self._escalations
+
+    def mirror(self, name: str) -> Mirror:
+        """The deployment's episode mirror before this request's item."""
+        return episode_mirror(name, self.saved, self.found)
+
+    @property
+    def items(self) -> dict[str, dict[str, Any]]:
+        """The message's items by deployment."""
+        return {item["deployment"]: item for item in self.message["triggers"]}
+
+
 @dataclass
 class Aggregator:
     """The parts one ingest needs, built once per app."""
@@ -193,8 +233,9 @@ class Aggregator:
                     "sending again what an unsettled claim may have sent already",
                     extra={"request_id": request_id, "deployments": claims.reclaimed},
                 )
-            message, outcome, items = self._deliver(source, namespace, saved, found, claims, request_id)
-            self._settle(namespace, saved, found, claims, items, message, outcome, request_id)
+            sending = Round(namespace, request_id, saved, found, claims)
+            outcome = self._deliver(source, sending)
+            self._settle(sending, outcome)
         suppressed = found.suppressed + claims.suppressed
         not_held = set(sent) | set(suppressed)
         return IngestResult(
@@ -274,7 +315,7 @@ class Aggregator:
                 continue
             if risky:
                 found.risky.add(name)
-            mirror = partial(self._mirror, name, saved, found)
+            mirror = partial(episode_mirror, name, saved, found)
 
             def known(name=name):
                 return self._targets(namespace, name, saved, found, saved.history(name))
@@ -289,7 +330,7 @@ class Aggregator:
             histories = self.repository.histories(namespace, needing_targets)
             for name in needing_targets:
                 found.suppressed.remove(name)
-                mirror = partial(self._mirror, name, saved, found)
+                mirror = partial(episode_mirror, name, saved, found)
 
                 def read(name=name):
                     return self._targets(namespace, name, saved, found, histories[name])
@@ -340,29 +381,22 @@ class Aggregator:
         if start or stop:
             self.repository.mark_quiet(namespace, start, stop, now)
 
-    def _deliver(
-        self,
-        source: Source,
-        namespace: str,
-        saved: SavedPayload,
-        found: Evaluation,
-        claims: Claims,
-        request_id: str,
-    ) -> tuple[dict, Delivery, dict[str, dict]]:
-        """Build the trigger for what was claimed and send it; return (message, outcome, items by name).
+    def _deliver(self, source: Source, sending: Round) -> Delivery:
+        """Build the trigger for what was claimed (kept in `sending`) and send it; return how that went.
 
         Whatever stops us before an outcome gives the claims back first, if Redis still answers.
         """
+        namespace, saved, found, claims = sending.namespace, sending.saved, sending.found, sending.claims
         sent = claims.sent
-        with self._given_back_on_failure(namespace, claims, request_id):
+        with self._given_back_on_failure(namespace, claims, sending.request_id):
             # Read here, for the few deployments triggered that the save did not bring a history for.
             unread = [n for n in sent if n not in found.recommendations and n not in claims.resolved]
             # An escalation inside a window: its episode's mirror did not come with the state.
             unmirrored = [n for n in sent if n in saved.unfetched]
             histories, found.mirrors = self.repository.histories_and_mirrors(namespace, unread, unmirrored)
-            items = {name: self._item(namespace, name, saved, found, claims, histories.get(name)) for name in sent}
-            message = build_trigger(source.name, namespace, saved.cluster, list(items.values()))
-            return message, self.webhook.deliver(message, request_id), items
+            items = [self._item(sending, name, histories.get(name)) for name in sent]
+            sending.message = build_trigger(source.name, namespace, saved.cluster, items)
+            return self.webhook.deliver(sending.message, sending.request_id)
 
     @contextlib.contextmanager
     def _given_back_on_failure(self, namespace: str, claims: Claims, request_id: str) -> Iterator[None]:
@@ -381,36 +415,23 @@ class Aggregator:
             self._release_after_failure(namespace, claims, request_id)
             raise
 
-    def _settle(
-        self,
-        namespace: str,
-        saved: SavedPayload,
-        found: Evaluation,
-        claims: Claims,
-        items: dict[str, dict],
-        message: dict,
-        outcome: Delivery,
-        request_id: str,
-    ) -> None:
+    def _settle(self, sending: Round, delivery: Delivery) -> None:
         """Keep a delivered trigger's claims for their window and note its items in their episodes;
         or give a failed one's back and keep its record."""
-        if not outcome.ok:
-            record = failed_record(message, outcome, request_id)
+        namespace, claims = sending.namespace, sending.claims
+        if not delivery.ok:
+            record = failed_record(sending.message, delivery, sending.request_id)
             self.repository.settle_failed(namespace, claims, record)
             return
+        items = sending.items
         mirrors = {
             name: mirror_after(
-                item, claims.episodes[name], self._mirror(name, saved, found), name in claims.claimed, claims.now
+                item, claims.episodes[name], sending.mirror(name), sending.opens_window(name), claims.now
             )
             for name, item in items.items()
         }
         reasons = {name: item["reasons"] for name, item in items.items()}
         self.repository.settle_delivered(namespace, claims, reasons, mirrors)
-
-    @staticmethod
-    def _mirror(name: str, saved: SavedPayload, found: Evaluation) -> Mirror:
-        """The deployment's episode mirror, as the save or the read after the claim brought it (empty: none)."""
-        return found.mirrors.get(name) or saved.mirror(name) or Mirror()
 
     def _release_after_failure(self, namespace: str, claims: Claims, request_id: str) -> None:
         """Give back the claims of a request that is failing; the original error is the one to report."""
@@ -419,21 +440,23 @@ class Aggregator:
         except Exception:
             log.exception("claims not released; they expire with their lease", extra={"request_id": request_id})
 
-    def _item(self, namespace, name, saved, found, claims, history):
-        """One entry of the trigger: why, the stored state, what to do about it at what price, and its episode."""
-        state = saved.states[name]
-        place = claims.episodes[name]
+    def _item(self, sending: Round, name: str, history: History | None) -> dict[str, Any]:
+        """One entry of the trigger, as TriggerItemSchema names its fields: why, the stored state, what to do
+        about it at what price, and its episode."""
+        found = sending.found
+        state = sending.saved.states[name]
+        place = sending.claims.episodes[name]
         if place.notify == RESOLVED:
             reasons, recommendation, cost = [], None, None
         else:
             reasons = found.firing[name]
-            recommendation = found.recommendations.get(name) or self._recommend(namespace, name, state, history)
-            cost = price(saved.cluster, state, recommendation, self.cpu_memory_price_ratio)
+            recommendation = found.recommendations.get(name) or self._recommend(sending.namespace, name, state, history)
+            cost = price(sending.saved.cluster, state, recommendation, self.cpu_memory_price_ratio)
         changed = found.changed.get(name, []) if place.notify in (CHANGED, ESCALATION) else []
         if name in found.mirrors and place.notify in (CHANGED, ESCALATION):
             changed = changes(found.mirrors[name], reasons, state, *targets(recommendation))
         item = {
-            "id": claims.ids[name],
+            "id": sending.claims.ids[name],
             "deployment": name,
             "reasons": reasons,
             "state": state,
@@ -441,6 +464,6 @@ class Aggregator:
             "cost": cost,
             "episode": episode_block(place, changed),
         }
-        if name in claims.escalated:
+        if sending.escalates(name):
             item["escalation"] = True
         return item

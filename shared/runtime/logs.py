@@ -21,7 +21,8 @@ class ServiceField(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Add `service` when an app is active; never drop a record."""
         if has_app_context() and not hasattr(record, "service"):
-            record.service = current_app.extensions["aggregator"].name
+            # The app's name is its service's package (ServiceSpec.package), as the metrics label it.
+            record.service = current_app.name
         return True
 
 

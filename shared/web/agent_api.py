@@ -128,7 +128,7 @@ def decision_view(namespace: str, name: str) -> Response:
             code="EPISODE_MISMATCH",
             details={"episode_id": episode_id},
         )
-    metrics.child(metrics.DECISIONS, svc.name, decision).inc()
+    metrics.child(metrics.DECISIONS, svc.package, decision).inc()
     log.info(
         "decision",
         extra={

@@ -86,7 +86,7 @@ def ingest_view() -> tuple[Response, int]:
     except ValidationError as exc:
         raise invalid(exc.messages) from None
     result = svc.aggregator.ingest(svc.source, payload, g.request_id)
-    metrics.record_ingest(svc.name, result)
+    metrics.record_ingest(svc.package, result)
     g.ingest = result  # for the request's log line
     return jsonify(result.body), 201
 

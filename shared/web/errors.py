@@ -38,7 +38,7 @@ def handle_error(exc: Exception) -> Response:
 def redis_unavailable(exc: RedisError, details: dict[str, Any] | None = None) -> ApiError:
     """The 503 for a Redis error that means "retry later", named by its code; counted and logged."""
     code = unavailable_code(exc)
-    metrics.REDIS_ERRORS.labels(service().name).inc()
+    metrics.REDIS_ERRORS.labels(service().package).inc()
     log.error("redis unavailable: %s: %s", code, exc, extra={"request_id": g.get("request_id")})
     return ApiError(
         503,

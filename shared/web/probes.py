@@ -50,6 +50,6 @@ def openapi_document() -> Response:
 def init_app(app: Flask, svc: Service) -> None:
     """Serve the probes, with the service's OpenAPI document built once (it changes only with the code and limits)."""
     app.config["OPENAPI"] = build_openapi(
-        svc.name, svc.path, svc.schema, f"Ingest a {svc.source.name} payload", agent=bool(svc.settings.agent_tokens)
+        svc.package, svc.path, svc.schema, f"Ingest a {svc.source.name} payload", agent=bool(svc.settings.agent_tokens)
     )
     app.register_blueprint(bp)

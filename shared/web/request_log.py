@@ -32,7 +32,7 @@ def finish_request(response: Response) -> Response:
     svc = service()
     seconds = time.perf_counter() - g.started
     if request.path == svc.path:
-        metrics.record_request(svc.name, response.status_code, seconds)
+        metrics.record_request(svc.package, response.status_code, seconds)
     if not log.isEnabledFor(logging.INFO):
         return response  # the record below costs more than a small ingest's rules
     result = g.get("ingest")  # the IngestResult of an accepted ingest

@@ -64,7 +64,7 @@ SERVICES = (COST, FORECAST)
 class Service:
     """Everything a service's requests use, built once by the factory."""
 
-    name: str
+    package: str  # ServiceSpec.package: the Flask app name, and the metrics' and the log lines' service
     path: str
     settings: Settings
     schema: PayloadSchema
@@ -83,7 +83,7 @@ def build_service(spec: ServiceSpec, settings: Settings) -> Service:
         episodes=settings.episodes,
     )
     return Service(
-        name=spec.package,
+        package=spec.package,
         path=spec.path,
         settings=settings,
         schema=spec.schema_class(
@@ -100,11 +100,20 @@ def build_service(spec: ServiceSpec, settings: Settings) -> Service:
     )
 
 
+# Where an app keeps its Service, among its Flask extensions.
+EXTENSION = "service"
+
+
 def init_app(app: Flask, service: Service) -> None:
-    """Attach a Service to an app: its requests find it with service()."""
-    app.extensions["aggregator"] = service
+    """Attach a Service to an app: its requests find it with service(), anything else with service_of(app)."""
+    app.extensions[EXTENSION] = service
+
+
+def service_of(app: Flask) -> Service:
+    """The Service attached to `app`."""
+    return app.extensions[EXTENSION]
 
 
 def service() -> Service:
     """The Service of the app handling this request."""
-    return current_app.extensions["aggregator"]
+    return service_of(current_app)

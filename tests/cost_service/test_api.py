@@ -6,6 +6,7 @@ import pytest
 
 from cost_service import create_app
 from devtools.harness import free_port, wait_until
+from shared.web.services import service_of
 from tests.conftest import FORECAST_TOKEN, auth
 
 
@@ -230,7 +231,7 @@ def test_probes_need_no_token(cost_client):
 
 
 def test_a_bug_is_a_json_500(cost_app, cost_headers, cost_payload):
-    cost_app.extensions["aggregator"].aggregator.thresholds = None  # the rules now fail: a stand-in for a bug
+    service_of(cost_app).aggregator.thresholds = None  # the rules now fail: a stand-in for a bug
     response = post(cost_app.test_client(), cost_payload, cost_headers)
     error = assert_error_shape(response, 500, "INTERNAL_ERROR")
     assert error["message"] == "Internal error."
