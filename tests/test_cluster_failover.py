@@ -74,6 +74,8 @@ def test_ingest_recovers_by_itself_after_a_primary_is_killed_under_load(replicat
     assert [answer.failure for answer in answers if answer.status is None] == []
     assert {answer.status for answer in answers} <= {201, 503}
     assert any(answer.status == 201 for answer in answers if answer.sent_at < killed_at)
+    # The load saw the primary gone (every payload needs it): the recovery measured below is one.
+    assert any(answer.status == 503 for answer in answers if answer.sent_at > killed_at), "no 503 after the kill"
     last_refusal = max((a.answered_at for a in answers if a.status != 201), default=ok_at)
     recovery = max(0.0, last_refusal - ok_at)
     print(
