@@ -64,14 +64,15 @@ def wait_until(check, timeout=10.0, interval=0.05):
 
 
 def service_env(redis_url, webhook_url, **overrides):
-    """A test service's settings: its Redis, the agent's webhook and both callers' tokens, then `overrides`."""
-    return {
+    """Test service settings: its Redis, the agent's webhook, both callers' tokens, then `overrides` (None: unset)."""
+    env = {
         "REDIS_URL": redis_url,
         "AGENT_WEBHOOK_URL": webhook_url,
         COST.token_setting: COST_TOKEN,
         FORECAST.token_setting: FORECAST_TOKEN,
         **overrides,
     }
+    return {name: value for name, value in env.items() if value is not None}
 
 
 def caller_headers(spec: ServiceSpec):

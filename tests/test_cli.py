@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import ROOT, free_port
+from devtools.harness import ROOT, free_port, service_env
 from forecast_service import create_app as create_forecast_app
 from shared.store.repository import StateRepository
 
@@ -203,12 +203,7 @@ def test_redis_down_is_one_line_from_the_runner(base_config):
 def test_the_commands_leave_a_live_metrics_directory_alone(redis_server, redis_client, tmp_path):
     # In a pod, PROMETHEUS_MULTIPROC_DIR is the directory gunicorn's workers write to; a command run there
     # with every setting present must not add files of its own to what /metrics adds up.
-    settings = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": "http://127.0.0.1:9/",
-        "COST_ENGINE_TOKEN": "cost-token-0123456789abcdef",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
-    }
+    settings = service_env(redis_server.url, "http://127.0.0.1:9/", PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     done = flask_command("failed-triggers", **settings)
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == []

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from devtools.harness import both_services, time_passes
+from devtools.harness import both_services, service_env, time_passes
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
 
 pytestmark = pytest.mark.gunicorn
@@ -20,15 +20,13 @@ def redis_client(store):
 @pytest.fixture
 def services(store, receiver, tmp_path):
     url, cluster, _ = store
-    env = {
-        "REDIS_URL": url,
-        "REDIS_CLUSTER": "true" if cluster else "false",
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "FORECAST_TOKEN": FORECAST_TOKEN,
-        "LOG_LEVEL": "WARNING",
-        "AGENT_WEBHOOK_BUDGET_SECONDS": "1",
-    }
+    env = service_env(
+        url,
+        receiver.url,
+        REDIS_CLUSTER="true" if cluster else "false",
+        LOG_LEVEL="WARNING",
+        AGENT_WEBHOOK_BUDGET_SECONDS="1",
+    )
     with both_services(env, tmp_path) as running:
         yield running["cost"], running["forecast"]
 

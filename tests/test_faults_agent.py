@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import GunicornService, SocketAgent
+from devtools.harness import GunicornService, SocketAgent, service_env
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
 
@@ -110,15 +110,14 @@ def test_a_redirect_is_a_failed_delivery_never_followed(
 def test_a_dripping_agent_cannot_hold_a_gunicorn_worker(redis_server, redis_client, agent, cost_payload, tmp_path):
     dripping = agent("drip", interval=1.0, drip_bytes=20)
     hanging = agent("hang")
-    env = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": dripping.url,
-        "AGENT_WEBHOOK_BUDGET_SECONDS": str(BUDGET),
-        "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS": "30",
-        "COST_ENGINE_TOKEN": COST_TOKEN,
+    env = service_env(
+        redis_server.url,
+        dripping.url,
+        AGENT_WEBHOOK_BUDGET_SECONDS=str(BUDGET),
+        AGENT_WEBHOOK_READ_TIMEOUT_SECONDS="30",
         # The value the README allowed when a dripping agent got a worker killed mid-delivery.
-        "GUNICORN_TIMEOUT": "10",
-    }
+        GUNICORN_TIMEOUT="10",
+    )
     headers = {"Authorization": f"Bearer {COST_TOKEN}"}
     services = [
         GunicornService(COST.app, env, workers=1).start(tmp_path / "drip.log"),

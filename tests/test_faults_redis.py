@@ -8,7 +8,7 @@ import redis
 import requests
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import GunicornService, RedisClusterServers, RedisServer, RefusingRedis, wait_until
+from devtools.harness import GunicornService, RedisClusterServers, RedisServer, RefusingRedis, service_env, wait_until
 from shared.store.repository import StateRepository
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
@@ -162,12 +162,7 @@ def wasteful_payload(seq):
 @pytest.mark.gunicorn
 def test_redis_running_out_of_memory_loses_no_trigger(tmp_path, receiver):
     server = RedisServer(tmp_path / "oom", extra=("--maxmemory-policy", "noeviction")).start()
-    env = {
-        "REDIS_URL": server.url,
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "LOG_LEVEL": "CRITICAL",
-    }
+    env = service_env(server.url, receiver.url, LOG_LEVEL="CRITICAL")
     service = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     store = server.client()
     headers = {"Authorization": f"Bearer {COST_TOKEN}"}

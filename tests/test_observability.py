@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from devtools.harness import GunicornService, free_port
+from devtools.harness import GunicornService, free_port, service_env
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
 
@@ -26,12 +26,7 @@ def sample(page, name, **labels):
 
 @pytest.fixture
 def cost(redis_server, redis_client, receiver, tmp_path):
-    env = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
+    env = service_env(redis_server.url, receiver.url, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     service = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     yield service
     service.stop()
@@ -85,12 +80,9 @@ def test_counters_add_up_across_workers(cost, cost_payload, tmp_path):
 
 
 def test_redis_errors_are_counted(redis_server, receiver, tmp_path, cost_payload):
-    env = {
-        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
+    env = service_env(
+        f"redis://127.0.0.1:{free_port()}/0", receiver.url, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics")
+    )
     service = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     try:
         headers = {"Authorization": f"Bearer {COST_TOKEN}"}

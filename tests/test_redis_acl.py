@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import ROOT
+from devtools.harness import ROOT, service_env
 from forecast_service import create_app as create_forecast_app
 from shared.store.connection import CLUSTER_ACL_ADDITIONS, MINIMAL_ACL_RULE
 from shared.store.repository import Claims
@@ -41,13 +41,9 @@ def create_user(admin, rule):
 
 
 def config(port, receiver):
-    return {
-        "REDIS_URL": f"redis://{USER}:{PASSWORD}@127.0.0.1:{port}/0",
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "FORECAST_TOKEN": FORECAST_TOKEN,
-        "AGENT_WEBHOOK_BUDGET_SECONDS": "0.5",
-    }
+    return service_env(
+        f"redis://{USER}:{PASSWORD}@127.0.0.1:{port}/0", receiver.url, AGENT_WEBHOOK_BUDGET_SECONDS="0.5"
+    )
 
 
 def test_the_docs_give_the_rule_the_test_uses():

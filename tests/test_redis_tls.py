@@ -3,7 +3,7 @@
 import pytest
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import RedisServer, free_port, make_certificates, needs_tls
+from devtools.harness import RedisServer, free_port, make_certificates, needs_tls, service_env
 from tests.conftest import COST_TOKEN, auth
 
 pytestmark = needs_tls()
@@ -46,8 +46,7 @@ def server_mutual(tmp_path, certificates):
 
 
 def cost_client(url, receiver):
-    config = {"REDIS_URL": url, "AGENT_WEBHOOK_URL": receiver.url, "COST_ENGINE_TOKEN": COST_TOKEN}
-    return create_cost_app({**config, "REDIS_TIMEOUT_SECONDS": "1"}).test_client()
+    return create_cost_app(service_env(url, receiver.url, REDIS_TIMEOUT_SECONDS="1")).test_client()
 
 
 def test_private_ca(server_ca_only, certificates, receiver, cost_payload):

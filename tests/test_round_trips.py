@@ -5,8 +5,8 @@ import redis
 
 from bench.redis_proxy import CountingProxy
 from cost_service import create_app as create_cost_app
-from devtools.harness import time_passes
-from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
+from devtools.harness import service_env, time_passes
+from tests.conftest import COST_TOKEN, auth
 
 HOUR = 3600
 
@@ -30,17 +30,8 @@ def cost_body(size, timestamp="2026-01-01T00:00:00Z"):
 
 
 def make_app(url, cluster, receiver, **settings):
-    return create_cost_app(
-        {
-            "REDIS_URL": url,
-            "REDIS_CLUSTER": "true" if cluster else "false",
-            "AGENT_WEBHOOK_URL": receiver.url,
-            "COST_ENGINE_TOKEN": COST_TOKEN,
-            "FORECAST_TOKEN": FORECAST_TOKEN,
-            "MAX_DEPLOYMENTS": "5000",
-            **settings,
-        }
-    ).test_client()
+    config = service_env(url, receiver.url, REDIS_CLUSTER="true" if cluster else "false", MAX_DEPLOYMENTS="5000")
+    return create_cost_app({**config, **settings}).test_client()
 
 
 @pytest.mark.parametrize("size", [2, 500])

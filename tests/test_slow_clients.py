@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from devtools.harness import GunicornService
+from devtools.harness import GunicornService, service_env
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
 
@@ -21,13 +21,9 @@ AUTH = f"Authorization: Bearer {COST_TOKEN}\r\n"
 
 @pytest.fixture
 def service(redis_server, redis_client, receiver, tmp_path):
-    env = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "CLIENT_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT),
-        "MAX_BODY_BYTES": str(MAX_BODY),
-    }
+    env = service_env(
+        redis_server.url, receiver.url, CLIENT_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT), MAX_BODY_BYTES=str(MAX_BODY)
+    )
     started = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     yield started
     started.stop()

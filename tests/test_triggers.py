@@ -12,7 +12,7 @@ from standardwebhooks import Webhook
 
 from cost_service import create_app as create_cost_app
 from devtools.agent_receiver import AgentReceiver
-from devtools.harness import ROOT, GunicornService, wait_until
+from devtools.harness import ROOT, GunicornService, service_env, wait_until
 from forecast_service import create_app as create_forecast_app
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN, SEED_ADSERVICE_PRICE
@@ -29,12 +29,7 @@ def signed_receiver():
 
 @pytest.mark.gunicorn
 def test_signed_enriched_trigger_from_gunicorn(redis_server, redis_client, signed_receiver, cost_payload, tmp_path):
-    env = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": signed_receiver.url,
-        "AGENT_WEBHOOK_SECRET": SECRET,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-    }
+    env = service_env(redis_server.url, signed_receiver.url, AGENT_WEBHOOK_SECRET=SECRET)
     cost = GunicornService(COST.app, env).start(tmp_path / "cost.log")
     try:
         body = requests.post(
