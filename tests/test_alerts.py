@@ -126,7 +126,7 @@ def test_a_real_prometheus_alerts_on_the_first_failed_delivery(cost_under_gunico
         assert prometheus.alerts() == []
 
         answer = requests.post(
-            f"{cost_under_gunicorn.url}/metrics/cost",
+            f"{cost_under_gunicorn.url}{COST.path}",
             json=cost_payload,
             headers={"Authorization": f"Bearer {COST_TOKEN}"},
             timeout=10,

@@ -20,7 +20,7 @@ def test_huge_declared_body_is_413_without_being_read(redis_server, redis_client
         with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
             # Claims 1 GB but sends 10 bytes: if the server tried to read it all, this would time out.
             sock.sendall(
-                b"POST /metrics/cost HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"POST {COST.path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
                 + f"Authorization: Bearer {COST_TOKEN}\r\nContent-Length: 1000000000\r\n\r\n".encode()
                 + b'{"a": 1234'
             )

@@ -61,7 +61,7 @@ def lease_env(redis_url, agent_url, **extra):
 def post(url, payload):
     """POST a cost payload; (status, seconds it took)."""
     started = time.monotonic()
-    response = requests.post(f"{url}/metrics/cost", json=payload, headers=HEADERS, timeout=30)
+    response = requests.post(f"{url}{COST.path}", json=payload, headers=HEADERS, timeout=30)
     return response, time.monotonic() - started
 
 
@@ -112,7 +112,7 @@ def test_redis_stalled_mid_flight_costs_one_deadline_and_silences_no_deployment(
                     seq = next(sequence)
                 payload = wasteful(seq)
                 started = time.monotonic()
-                response = session.post(f"{service.url}/metrics/cost", json=payload, headers=HEADERS, timeout=30)
+                response = session.post(f"{service.url}{COST.path}", json=payload, headers=HEADERS, timeout=30)
                 with lock:
                     outcomes.append((seq, response.status_code, time.monotonic() - started, response.headers))
 

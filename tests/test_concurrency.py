@@ -6,6 +6,7 @@ import pytest
 import requests
 
 from devtools.harness import both_services, service_env, time_passes
+from shared.web.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
 
 pytestmark = pytest.mark.gunicorn
@@ -49,8 +50,8 @@ def test_fifty_concurrent_requests_through_both_services_trigger_once(
     cost_payload["deployments"] = cost_payload["deployments"][:1]
     forecast_payload["deployments"] = forecast_payload["deployments"][:1]
     calls = [
-        (f"{cost.url}/metrics/cost", cost_payload, COST_TOKEN),
-        (f"{forecast.url}/metrics/forecast", forecast_payload, FORECAST_TOKEN),
+        (f"{cost.url}{COST.path}", cost_payload, COST_TOKEN),
+        (f"{forecast.url}{FORECAST.path}", forecast_payload, FORECAST_TOKEN),
     ] * 25
 
     def send(call):
@@ -72,10 +73,10 @@ def test_failing_agent_releases_the_claim_under_gunicorn(services, redis_client,
     cost, _ = services
     headers = {"Authorization": f"Bearer {COST_TOKEN}"}
     receiver.status = 503
-    first = requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=30).json()
+    first = requests.post(f"{cost.url}{COST.path}", json=cost_payload, headers=headers, timeout=30).json()
     assert first["delivery"] == "failed" and not redis_client.exists("trigger:default:adservice")
     receiver.status = 202
-    second = requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=30).json()
+    second = requests.post(f"{cost.url}{COST.path}", json=cost_payload, headers=headers, timeout=30).json()
     assert second["triggered"] == ["adservice"] and second["delivery"] == "ok"
     # The first delivery was retried within its budget, then given up; only the second was accepted.
     assert len(receiver.messages) == 1 and len(receiver.calls) >= 3
@@ -88,7 +89,7 @@ def test_concurrent_requests_number_an_episodes_items_once_each(services, redis_
 
     def send(_):
         return requests.post(
-            f"{cost.url}/metrics/cost", json=cost_payload, headers={"Authorization": f"Bearer {COST_TOKEN}"}, timeout=30
+            f"{cost.url}{COST.path}", json=cost_payload, headers={"Authorization": f"Bearer {COST_TOKEN}"}, timeout=30
         )
 
     for _ in range(2):

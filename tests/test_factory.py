@@ -36,6 +36,12 @@ def test_missing_webhook_url_is_a_clear_error(base_config, monkeypatch):
         create_cost_app({**base_config, "AGENT_WEBHOOK_URL": ""})
 
 
+def test_the_ingest_paths_are_the_contracts_urls():
+    # The literal URLs, on purpose: every other test posts to COST.path / FORECAST.path, so this is
+    # where a change of the descriptor that would move the callers' URLs gets caught.
+    assert (COST.path, FORECAST.path) == ("/metrics/cost", "/metrics/forecast")
+
+
 def test_each_service_serves_only_its_own_path(cost_client, forecast_client):
     assert cost_client.post(FORECAST.path, json={}).status_code == 404
     assert forecast_client.post(COST.path, json={}).status_code == 404

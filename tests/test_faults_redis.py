@@ -15,7 +15,7 @@ from tests.conftest import COST_TOKEN
 
 
 def post(client, payload, headers):
-    return client.post("/metrics/cost", json=payload, headers=headers)
+    return client.post(COST.path, json=payload, headers=headers)
 
 
 def assert_refused(client, payload, headers, code, ready_code=None):
@@ -177,7 +177,7 @@ def test_redis_running_out_of_memory_loses_no_trigger(tmp_path, receiver):
                 while queue:
                     seq = queue.pop()
                     response = session.post(
-                        f"{service.url}/metrics/cost", json=wasteful_payload(seq), headers=headers, timeout=10
+                        f"{service.url}{COST.path}", json=wasteful_payload(seq), headers=headers, timeout=10
                     )
                     code = response.json()["error"]["code"] if response.status_code != 201 else None
                     outcomes.append((seq, response.status_code, code))
@@ -208,7 +208,7 @@ def test_redis_running_out_of_memory_loses_no_trigger(tmp_path, receiver):
         assert requests.get(f"{service.url}/readyz", timeout=5).status_code == 200
         for seq in sorted(seq for seq, status, _ in outcomes if status == 503):
             response = requests.post(
-                f"{service.url}/metrics/cost", json=wasteful_payload(seq), headers=headers, timeout=10
+                f"{service.url}{COST.path}", json=wasteful_payload(seq), headers=headers, timeout=10
             )
             assert response.status_code == 201
     finally:

@@ -38,14 +38,14 @@ def test_no_token_appears_in_any_log(redis_server, redis_client, receiver, tmp_p
     try:
         for token in (COST_TOKEN, ROTATED, FORECAST_TOKEN, "not-a-real-token-but-secret"):
             headers = {"Authorization": f"Bearer {token}"}
-            requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10)
-            requests.post(f"{cost.url}/metrics/cost", json={"bad": token}, headers=headers, timeout=10)
-            requests.post(f"{forecast.url}/metrics/forecast", json={}, headers=headers, timeout=10)
-            requests.post(f"{broken.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10)
+            requests.post(f"{cost.url}{COST.path}", json=cost_payload, headers=headers, timeout=10)
+            requests.post(f"{cost.url}{COST.path}", json={"bad": token}, headers=headers, timeout=10)
+            requests.post(f"{forecast.url}{FORECAST.path}", json={}, headers=headers, timeout=10)
+            requests.post(f"{broken.url}{COST.path}", json=cost_payload, headers=headers, timeout=10)
         receiver.status = 500
         redis_client.flushdb()
         response = requests.post(
-            f"{cost.url}/metrics/cost", json=cost_payload, headers={"Authorization": f"Bearer {ROTATED}"}, timeout=10
+            f"{cost.url}{COST.path}", json=cost_payload, headers={"Authorization": f"Bearer {ROTATED}"}, timeout=10
         )
         assert response.json()["delivery"] == "failed"
     finally:

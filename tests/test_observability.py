@@ -37,7 +37,7 @@ def test_counters_add_up_across_workers(cost, cost_payload, tmp_path):
     refused = 7
 
     def ingest(_):
-        return requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10).status_code
+        return requests.post(f"{cost.url}{COST.path}", json=cost_payload, headers=headers, timeout=10).status_code
 
     # Each process that counted something has its own file (the master's holds the series it starts
     # at zero): the page below must be their sum. Four at a time, and on until both workers have
@@ -54,7 +54,7 @@ def test_counters_add_up_across_workers(cost, cost_payload, tmp_path):
             accepted += 4
     assert len(workers_counting()) == 2, workers_counting()
     for _ in range(refused):
-        assert requests.post(f"{cost.url}/metrics/cost", json={}, headers=headers, timeout=10).status_code == 422
+        assert requests.post(f"{cost.url}{COST.path}", json={}, headers=headers, timeout=10).status_code == 422
     for _ in range(6):  # several scrapes, so both workers answer some; each must see the sum
         response = requests.get(f"{cost.url}/metrics", timeout=10)
         assert response.headers["Content-Type"].startswith("text/plain")
@@ -74,7 +74,7 @@ def test_counters_add_up_across_workers(cost, cost_payload, tmp_path):
     assert len(requests_logged) == accepted + refused
     for record in requests_logged:
         assert {"time", "level", "service", "request_id", "method", "path", "status", "duration_ms"} <= set(record)
-        assert record["service"] == "cost_service" and record["path"] == "/metrics/cost"
+        assert record["service"] == "cost_service" and record["path"] == COST.path
     assert all(r["deployments"] == 2 and "triggered" in r for r in requests_logged if r["status"] == 201)
     assert any(r["logger"] == "gunicorn.error" for r in records)
 
@@ -88,7 +88,7 @@ def test_redis_errors_are_counted(redis_server, receiver, tmp_path, cost_payload
         headers = {"Authorization": f"Bearer {COST_TOKEN}"}
         for _ in range(5):
             assert (
-                requests.post(f"{service.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10).status_code
+                requests.post(f"{service.url}{COST.path}", json=cost_payload, headers=headers, timeout=10).status_code
                 == 503
             )
         page = requests.get(f"{service.url}/metrics", timeout=10).text

@@ -23,7 +23,7 @@ def test_sigterm_during_a_request_still_answers_it(redis_server, redis_client, r
     def ingest():
         answers.append(
             requests.post(
-                f"{service.url}/metrics/cost",
+                f"{service.url}{COST.path}",
                 json=cost_payload,
                 headers={"Authorization": f"Bearer {COST_TOKEN}"},
                 timeout=30,
