@@ -248,12 +248,6 @@ class Load:
         if readiness_of is not None:
             self._threads.append(threading.Thread(target=self._ready_loop))
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
     def start(self):
         """Start the threads; return self."""
         for thread in self._threads:
