@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,9 +20,14 @@ import redis
 import requests
 
 from devtools.redis_command import redis_server_argv, sentinel_argv, server_binary, supports_tls, tls_options
-from shared.web.services import COST, FORECAST
+from shared.web.services import COST, FORECAST, SERVICES, ServiceSpec
 
 ROOT = Path(__file__).resolve().parent.parent
+# The callers' bearer tokens every test service accepts (and the agent's, where a test serves its paths).
+COST_TOKEN = "cost-token-0123456789abcdef"
+FORECAST_TOKEN = "forecast-token-0123456789abcdef"
+AGENT_TOKEN = "agent-token-0123456789abcdef"
+CALLER_TOKENS = {COST.name: COST_TOKEN, FORECAST.name: FORECAST_TOKEN}
 # Redis Cluster's hash slots, shared out among the primaries.
 CLUSTER_SLOTS = 16384
 
@@ -53,6 +61,23 @@ def wait_until(check, timeout=10.0, interval=0.05):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def service_env(redis_url, webhook_url, **overrides):
+    """Test service settings: its Redis, the agent's webhook, both callers' tokens, then `overrides` (None: unset)."""
+    env = {
+        "REDIS_URL": redis_url,
+        "AGENT_WEBHOOK_URL": webhook_url,
+        COST.token_setting: COST_TOKEN,
+        FORECAST.token_setting: FORECAST_TOKEN,
+        **overrides,
+    }
+    return {name: value for name, value in env.items() if value is not None}
+
+
+def caller_headers(spec: ServiceSpec):
+    """The Authorization header of the service's caller (the cost engine, the forecaster)."""
+    return {"Authorization": f"Bearer {CALLER_TOKENS[spec.name]}"}
 
 
 class RedisServer:
@@ -162,6 +187,155 @@ def both_services(env, log_dir, workers=2):
     finally:
         cost.stop()
         forecast.stop()
+
+
+# A Load's payload numbered `seq` is stamped LOAD_EPOCH + seq: the newest one stored is known by its timestamp.
+LOAD_EPOCH = 1_700_000_000
+
+
+def numbered_payload(kind, seq, names):
+    """A payload of service `kind` for the deployments `names`, whose numbers all derive from `seq`."""
+    stamp = datetime.fromtimestamp(LOAD_EPOCH + seq, UTC).isoformat().replace("+00:00", "Z")
+    if kind == COST.name:
+        rows = [
+            {
+                "name": n,
+                "current_requests": {"cpu_cores": 2.0, "memory_mb": seq},
+                "current_usage": {"cpu_cores": (seq % 20) / 10, "memory_mb": seq % 1000},
+            }
+            for n in names
+        ]
+        extra = {"cluster_totals": {"vm_count": 1 + seq % 7, "current_hourly_cost_gbp": seq / 100}}
+        return {"source": "cost-engine", "timestamp": stamp, "namespace": "default", "deployments": rows, **extra}
+    rows = [{"name": n, "predict_peak_24h": {"cpu_cores": (seq % 30) / 10, "memory_mb": seq}} for n in names]
+    return {"source": "forecast", "timestamp": stamp, "namespace": "default", "deployments": rows}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request of a Load: what it sent, when, and what came back (`status` None: no answer, see `failure`)."""
+
+    kind: str
+    seq: int
+    names: tuple[str, ...]
+    sent_at: float
+    answered_at: float
+    status: int | None
+    error_code: str | None = None  # the JSON error body's code
+    retry_after: str | None = None
+    failure: str | None = None  # the exception, when the request got no answer
+
+
+class Load:
+    """Numbered payloads posted from `threads` threads to running services until stopped; every answer recorded.
+
+    `choose(rng, seq)` picks each request's service name ("cost", "forecast") and deployment names;
+    `services` maps those names to running services (GunicornService). The threads never assert (an
+    assertion would only end its thread): tests assert on `answers()` once `stop()` has joined them.
+    With `readiness_of`, one more thread polls that service's /readyz and records (time, status).
+    """
+
+    def __init__(self, services, choose, threads=6, readiness_of=None):
+        self.services = services
+        self.choose = choose
+        self.readiness_of = readiness_of
+        self._seqs = iter(range(1, sys.maxsize))
+        self._lock = threading.Lock()
+        self._answers = []
+        self._readiness = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._send_loop, args=(seed,)) for seed in range(threads)]
+        if readiness_of is not None:
+            self._threads.append(threading.Thread(target=self._ready_loop))
+
+    def start(self):
+        """Start the threads; return self."""
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self):
+        """Stop the threads and wait for their requests in flight (each has a 10 s timeout)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def running(self):
+        """Whether a thread is still running after stop()."""
+        return any(thread.is_alive() for thread in self._threads)
+
+    def send(self, kind, seq, names):
+        """Post payload `seq` for `names` to the service `kind` and return the response (for a caller's resend too)."""
+        spec = next(spec for spec in SERVICES if spec.name == kind)
+        return requests.post(
+            self.services[kind].url + spec.path,
+            json=numbered_payload(kind, seq, names),
+            headers=caller_headers(spec),
+            timeout=10,
+        )
+
+    def answers(self):
+        """Every request so far, in the order their answers came."""
+        with self._lock:
+            return list(self._answers)
+
+    def readiness(self):
+        """Every /readyz poll so far: (monotonic time, status or None when it got no answer)."""
+        with self._lock:
+            return list(self._readiness)
+
+    def count(self, status, after=0.0, kind=None):
+        """How many answers with `status` came after the monotonic time `after` (from service `kind`)."""
+        return sum(
+            1
+            for answer in self.answers()
+            if answer.status == status and answer.answered_at > after and kind in (None, answer.kind)
+        )
+
+    def first(self, status, after):
+        """When the first answer with `status` after the monotonic time `after` came; None if none did."""
+        return min(
+            (a.answered_at for a in self.answers() if a.status == status and a.answered_at > after), default=None
+        )
+
+    def _send_loop(self, seed):
+        rng = random.Random(seed)
+        while not self._stop.is_set():
+            with self._lock:
+                seq = next(self._seqs)  # taken under the lock, so sequence numbers increase with send order
+            kind, names = self.choose(rng, seq)
+            sent_at = time.monotonic()
+            try:
+                response = self.send(kind, seq, names)
+            except requests.RequestException as exc:
+                self._record(Answer(kind, seq, tuple(names), sent_at, time.monotonic(), None, failure=repr(exc)))
+                continue
+            code = None
+            if response.status_code >= 400:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    code = response.json()["error"]["code"]
+            retry_after = response.headers.get("Retry-After")
+            self._record(
+                Answer(kind, seq, tuple(names), sent_at, time.monotonic(), response.status_code, code, retry_after)
+            )
+            if response.status_code == 503:
+                # As a caller backs off before it retries; the jitter keeps the threads out of step.
+                self._stop.wait(0.02 + rng.random() * 0.03)
+
+    def _ready_loop(self):
+        url = f"{self.services[self.readiness_of].url}/readyz"
+        while not self._stop.is_set():
+            try:
+                status = requests.get(url, timeout=10).status_code
+            except requests.RequestException:
+                status = None
+            with self._lock:
+                self._readiness.append((time.monotonic(), status))
+            self._stop.wait(0.05)
+
+    def _record(self, answer):
+        with self._lock:
+            self._answers.append(answer)
 
 
 def free_cluster_port():

@@ -8,14 +8,22 @@ import redis
 
 from cost_service import create_app as create_cost_app
 from devtools.agent_receiver import AgentReceiver
-from devtools.harness import RedisClusterServers, RedisServer, close_cluster_client
+from devtools.harness import (
+    AGENT_TOKEN,
+    COST_TOKEN,
+    FORECAST_TOKEN,
+    RedisClusterServers,
+    RedisServer,
+    close_cluster_client,
+    service_env,
+)
 from forecast_service import create_app as create_forecast_app
 from shared.web.services import COST, FORECAST
 
+# The tokens are the harness's (its gunicorn services and load use them too); the tests import them from here.
+__all__ = ["AGENT_TOKEN", "COST_TOKEN", "FORECAST_TOKEN"]
+
 FIXTURES = Path(__file__).parent / "fixtures"
-COST_TOKEN = "cost-token-0123456789abcdef"
-FORECAST_TOKEN = "forecast-token-0123456789abcdef"
-AGENT_TOKEN = "agent-token-0123456789abcdef"
 # The price of adservice's recommendation for the seed cost payload, as issue 10 gives it (the
 # item's cost without its "basis" sentence and "by_resource" split).
 SEED_ADSERVICE_PRICE = {
@@ -102,15 +110,10 @@ def receiver():
 @pytest.fixture
 def base_config(redis_server, redis_client, receiver):
     """Settings every test app starts from."""
-    return {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "FORECAST_TOKEN": FORECAST_TOKEN,
-        "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS": "2",
-        # A failing agent is retried until the budget runs out: 1 s keeps such tests short (the default is 5 s).
-        "AGENT_WEBHOOK_BUDGET_SECONDS": "1",
-    }
+    # A failing agent is retried until the budget runs out: 1 s keeps such tests short (the default is 5 s).
+    return service_env(
+        redis_server.url, receiver.url, AGENT_WEBHOOK_READ_TIMEOUT_SECONDS="2", AGENT_WEBHOOK_BUDGET_SECONDS="1"
+    )
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import requests
 import yaml
 
-from devtools.harness import ROOT, GunicornService, PrometheusServer, needs_prometheus, wait_until
+from devtools.harness import ROOT, GunicornService, PrometheusServer, needs_prometheus, service_env, wait_until
 from devtools.prometheus_rule import ALERTS, PROMETHEUS_RULE, prometheus_rule
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
@@ -96,12 +96,7 @@ def metric_page_series(page):
 def cost_under_gunicorn(redis_server, redis_client, receiver, tmp_path):
     """The cost service under gunicorn with its own metrics directory; the agent refuses every call."""
     receiver.status = 400
-    env = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
+    env = service_env(redis_server.url, receiver.url, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     service = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     yield service
     service.stop()
@@ -131,7 +126,7 @@ def test_a_real_prometheus_alerts_on_the_first_failed_delivery(cost_under_gunico
         assert prometheus.alerts() == []
 
         answer = requests.post(
-            f"{cost_under_gunicorn.url}/metrics/cost",
+            f"{cost_under_gunicorn.url}{COST.path}",
             json=cost_payload,
             headers={"Authorization": f"Bearer {COST_TOKEN}"},
             timeout=10,

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from devtools.harness import GunicornService
+from devtools.harness import GunicornService, service_env
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
 
@@ -13,13 +13,14 @@ pytestmark = pytest.mark.gunicorn
 
 
 def test_huge_declared_body_is_413_without_being_read(redis_server, redis_client, receiver, tmp_path):
-    env = {"REDIS_URL": redis_server.url, "AGENT_WEBHOOK_URL": receiver.url, "COST_ENGINE_TOKEN": COST_TOKEN}
-    service = GunicornService(COST.app, env, workers=1).start(tmp_path / "cost.log")
+    service = GunicornService(COST.app, service_env(redis_server.url, receiver.url), workers=1).start(
+        tmp_path / "cost.log"
+    )
     try:
         with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
             # Claims 1 GB but sends 10 bytes: if the server tried to read it all, this would time out.
             sock.sendall(
-                b"POST /metrics/cost HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"POST {COST.path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
                 + f"Authorization: Bearer {COST_TOKEN}\r\nContent-Length: 1000000000\r\n\r\n".encode()
                 + b'{"a": 1234'
             )

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from devtools.agent_receiver import AgentReceiver
-from devtools.harness import GunicornService, LoopbackServer, RedisServer, wait_until
+from devtools.harness import GunicornService, LoopbackServer, RedisServer, service_env, wait_until
 from shared.store.repository import CLAIM, claim_lease_seconds
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
@@ -56,23 +56,16 @@ def names_of(payload):
     return [row["name"] for row in payload["deployments"]]
 
 
-def service_env(redis_url, agent_url, **extra):
-    return {
-        "REDIS_URL": redis_url,
-        "AGENT_WEBHOOK_URL": agent_url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "LOG_LEVEL": "CRITICAL",
-        "REDIS_TIMEOUT_SECONDS": str(REDIS_TIMEOUT),
-        "AGENT_WEBHOOK_BUDGET_SECONDS": str(BUDGET),
-        "COOLDOWN_SECONDS": "1800",
-        **extra,
-    }
+def lease_env(redis_url, agent_url, **extra):
+    """The settings LEASE was computed from (REDIS_TIMEOUT, BUDGET), then `extra`."""
+    lease = {"REDIS_TIMEOUT_SECONDS": str(REDIS_TIMEOUT), "AGENT_WEBHOOK_BUDGET_SECONDS": str(BUDGET)}
+    return service_env(redis_url, agent_url, LOG_LEVEL="CRITICAL", COOLDOWN_SECONDS="1800", **{**lease, **extra})
 
 
 def post(url, payload):
     """POST a cost payload; (status, seconds it took)."""
     started = time.monotonic()
-    response = requests.post(f"{url}/metrics/cost", json=payload, headers=HEADERS, timeout=30)
+    response = requests.post(f"{url}{COST.path}", json=payload, headers=HEADERS, timeout=30)
     return response, time.monotonic() - started
 
 
@@ -111,7 +104,7 @@ def debug_redis(tmp_path):
 
 @pytest.mark.parametrize("stall", ["debug_sleep", "client_pause"])
 def test_redis_stalled_mid_flight_costs_one_deadline_and_silences_no_deployment(stall, debug_redis, receiver, tmp_path):
-    service = GunicornService(COST.app, service_env(debug_redis.url, receiver.url)).start(tmp_path / "cost.log")
+    service = GunicornService(COST.app, lease_env(debug_redis.url, receiver.url)).start(tmp_path / "cost.log")
     admin = redis.Redis(port=debug_redis.port, socket_timeout=PAUSE_SECONDS + 10)
     outcomes, lock, done = [], threading.Lock(), threading.Event()
     sequence = iter(range(10_000))
@@ -123,7 +116,7 @@ def test_redis_stalled_mid_flight_costs_one_deadline_and_silences_no_deployment(
                     seq = next(sequence)
                 payload = wasteful(seq)
                 started = time.monotonic()
-                response = session.post(f"{service.url}/metrics/cost", json=payload, headers=HEADERS, timeout=30)
+                response = session.post(f"{service.url}{COST.path}", json=payload, headers=HEADERS, timeout=30)
                 with lock:
                     outcomes.append((seq, response.status_code, time.monotonic() - started, response.headers))
 
@@ -226,7 +219,7 @@ class ClaimReplySwallower(LoopbackServer):
 def test_a_claim_whose_reply_is_lost_frees_itself_within_the_lease(tmp_path, receiver):
     server = RedisServer(tmp_path / "redis").start()
     proxy = ClaimReplySwallower(server.port).start()
-    service = GunicornService(COST.app, service_env(proxy.url, receiver.url), workers=1).start(tmp_path / "cost.log")
+    service = GunicornService(COST.app, lease_env(proxy.url, receiver.url), workers=1).start(tmp_path / "cost.log")
     store = server.client()
     try:
         assert post(service.url, wasteful(0))[0].json()["triggered"] == names_of(wasteful(0))  # scripts loaded
@@ -254,7 +247,7 @@ def test_a_worker_killed_mid_delivery_leaves_no_deployment_silent(tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     agent = AgentReceiver(delay=60).start()  # holds every call until the test lets later ones through
     budget = 5.0  # long enough to kill the worker while it waits for the agent
-    env = service_env(server.url, agent.url, AGENT_WEBHOOK_BUDGET_SECONDS=str(budget))
+    env = lease_env(server.url, agent.url, AGENT_WEBHOOK_BUDGET_SECONDS=str(budget))
     service = GunicornService(COST.app, env, workers=1).start(tmp_path / "cost.log")
     lease = claim_lease_seconds(REDIS_TIMEOUT, budget)
     payload = wasteful(7)

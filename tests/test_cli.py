@@ -7,9 +7,10 @@ import sys
 import pytest
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import ROOT, free_port
+from devtools.harness import ROOT, free_port, service_env
 from forecast_service import create_app as create_forecast_app
 from shared.store.repository import StateRepository
+from shared.web.services import COST, FORECAST
 
 FAILED = "triggers:default:failed"
 
@@ -67,7 +68,7 @@ def cost(base_config):
 def ingest(app, payload, headers, timestamp):
     """POST one cost payload with the given timestamp; return the 201 body."""
     payload["timestamp"] = timestamp
-    response = app.test_client().post("/metrics/cost", json=payload, headers=headers)
+    response = app.test_client().post(COST.path, json=payload, headers=headers)
     assert response.status_code == 201, response.json
     return response.json
 
@@ -170,7 +171,7 @@ def test_an_escalation_is_redelivered_into_its_window_once(
     forecast = create_forecast_app({**base_config, "AGENT_WEBHOOK_BUDGET_SECONDS": "0.5"}).test_client()
     forecast_payload["deployments"][0]["predict_peak_24h"]["cpu_cores"] = 1.9  # a predicted spike: risk
     receiver.status = 503
-    body = forecast.post("/metrics/forecast", json=forecast_payload, headers=forecast_headers).json
+    body = forecast.post(FORECAST.path, json=forecast_payload, headers=forecast_headers).json
     assert body["delivery"] == "failed" and body["triggered"] == ["adservice"]
     assert not redis_client.exists(StateRepository.escalation_key("default", "adservice"))
 
@@ -183,7 +184,7 @@ def test_an_escalation_is_redelivered_into_its_window_once(
     assert 0 < redis_client.ttl(StateRepository.escalation_key("default", "adservice")) <= window
     # The escalation claim is held now: the same spike again is cooled down, not escalated twice.
     receiver.status = 202
-    again = forecast.post("/metrics/forecast", json=forecast_payload, headers=forecast_headers).json
+    again = forecast.post(FORECAST.path, json=forecast_payload, headers=forecast_headers).json
     assert again["triggered"] == [] and again["cooldown"] == ["adservice"]
 
 
@@ -203,12 +204,7 @@ def test_redis_down_is_one_line_from_the_runner(base_config):
 def test_the_commands_leave_a_live_metrics_directory_alone(redis_server, redis_client, tmp_path):
     # In a pod, PROMETHEUS_MULTIPROC_DIR is the directory gunicorn's workers write to; a command run there
     # with every setting present must not add files of its own to what /metrics adds up.
-    settings = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": "http://127.0.0.1:9/",
-        "COST_ENGINE_TOKEN": "cost-token-0123456789abcdef",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
-    }
+    settings = service_env(redis_server.url, "http://127.0.0.1:9/", PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     done = flask_command("failed-triggers", **settings)
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == []

@@ -1,20 +1,14 @@
 """A Redis Cluster losing a primary under load, and a service started before its cluster answers."""
 
-import itertools
-import random
-import threading
 import time
 
 import pytest
 import redis
-import requests
 from redis.crc import key_slot
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import GunicornService, RedisClusterServers, wait_until
+from devtools.harness import LOAD_EPOCH, GunicornService, Load, RedisClusterServers, service_env, wait_until
 from shared.web.services import COST
-from tests.conftest import COST_TOKEN, FORECAST_TOKEN
-from tests.test_redis_restart import BASE, payload
 
 DEPLOYMENTS = [f"app-{i}" for i in range(12)]
 
@@ -34,16 +28,14 @@ def replicated_cluster(tmp_path):
 
 def test_ingest_recovers_by_itself_after_a_primary_is_killed_under_load(replicated_cluster, receiver, tmp_path):
     primaries = replicated_cluster.primary_ports()
-    env = {
-        "REDIS_URL": f"redis://127.0.0.1:{primaries[0]}/0",
-        "REDIS_CLUSTER": "true",
-        "REDIS_CLUSTER_NODES": ",".join(f"127.0.0.1:{port}" for port in primaries[1:]),
-        "REDIS_TIMEOUT_SECONDS": "1",
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "FORECAST_TOKEN": FORECAST_TOKEN,
-        "LOG_LEVEL": "WARNING",
-    }
+    env = service_env(
+        f"redis://127.0.0.1:{primaries[0]}/0",
+        receiver.url,
+        REDIS_CLUSTER="true",
+        REDIS_CLUSTER_NODES=",".join(f"127.0.0.1:{port}" for port in primaries[1:]),
+        REDIS_TIMEOUT_SECONDS="1",
+        LOG_LEVEL="WARNING",
+    )
     cost = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     # The victim serves some of the deployments' keys, so every payload needs it.
     victim = primaries[1]
@@ -55,36 +47,11 @@ def test_ingest_recovers_by_itself_after_a_primary_is_killed_under_load(replicat
     }
     assert any(key_slot(f"app:default:{name}".encode()) in victim_slots for name in DEPLOYMENTS)
 
-    counter = itertools.count(1)
-    lock = threading.Lock()
-    answers, broken, accepted, refused = [], [], [], []
-    stop = threading.Event()
-
-    def worker(seed):
-        rng = random.Random(seed)
-        while not stop.is_set():
-            with lock:
-                seq = next(counter)
-            body = payload("cost", seq, DEPLOYMENTS)
-            started = time.monotonic()
-            try:
-                response = requests.post(
-                    f"{cost.url}/metrics/cost", json=body, headers={"Authorization": f"Bearer {COST_TOKEN}"}, timeout=10
-                )
-            except requests.RequestException as exc:
-                broken.append(repr(exc))
-                continue
-            with lock:
-                answers.append((started, time.monotonic(), response.status_code))
-                (accepted if response.status_code == 201 else refused).append(seq)
-            if response.status_code == 503:
-                time.sleep(0.02 + rng.random() * 0.03)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    # Every payload is the cost engine's, for every deployment: the newest accepted one is what they all hold.
+    load = Load({COST.name: cost}, lambda rng, seq: (COST.name, DEPLOYMENTS)).start()
     try:
-        for thread in threads:
-            thread.start()
-        time.sleep(1.0)
+        # The kill comes once the load is being accepted: answers before it show the cluster served it.
+        assert wait_until(lambda: load.count(201) >= 20, timeout=30), "no load was accepted before the kill"
         killed_at = time.monotonic()
         replicated_cluster.kill(victim)
         survivors = replicated_cluster.live_ports()
@@ -93,36 +60,37 @@ def test_ingest_recovers_by_itself_after_a_primary_is_killed_under_load(replicat
 
         def recovered():
             # Three seconds of nothing but 201s, counted from requests started after the last 503.
-            with lock:
-                last_refusal = max((end for _, end, status in answers if status != 201), default=ok_at)
-                later = [status for started, _, status in answers if started > last_refusal]
+            answers = load.answers()
+            last_refusal = max((a.answered_at for a in answers if a.status != 201), default=ok_at)
+            later = [a.status for a in answers if a.sent_at > last_refusal]
             return time.monotonic() - last_refusal > 3 and later and set(later) == {201}
 
         wait_until(recovered, timeout=RECOVERY_LIMIT_SECONDS + 5, interval=0.2)
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
+        load.stop()
         cost.stop()
 
-    assert broken == []
-    assert {status for _, _, status in answers} <= {201, 503}
-    assert any(status == 201 for started, _, status in answers if started < killed_at)
-    last_refusal = max((end for _, end, status in answers if status != 201), default=ok_at)
+    answers = load.answers()
+    assert [answer.failure for answer in answers if answer.status is None] == []
+    assert {answer.status for answer in answers} <= {201, 503}
+    assert any(answer.status == 201 for answer in answers if answer.sent_at < killed_at)
+    # The load saw the primary gone (every payload needs it): the recovery measured below is one.
+    assert any(answer.status == 503 for answer in answers if answer.sent_at > killed_at), "no 503 after the kill"
+    last_refusal = max((a.answered_at for a in answers if a.status != 201), default=ok_at)
     recovery = max(0.0, last_refusal - ok_at)
     print(
         f"failover: cluster_state:ok {ok_at - killed_at:.1f} s after the kill, ingest 201 again {recovery:.1f} s later"
     )
     assert recovery <= RECOVERY_LIMIT_SECONDS
-    assert any(status == 201 for started, _, status in answers if started > last_refusal)
+    assert any(answer.status == 201 for answer in answers if answer.sent_at > last_refusal)
 
     # The caller resends what was refused (stale by now, so harmless); the newest accepted payload is
     # what every deployment holds, whole.
     client = redis.RedisCluster(host="127.0.0.1", port=survivors[0], decode_responses=True)
-    newest = max(accepted)
+    newest = max(answer.seq for answer in answers if answer.status == 201)
     for name in DEPLOYMENTS:
         state = client.hgetall(f"app:default:{name}")
-        assert int(state["cost_timestamp"]) == BASE + newest, name
+        assert int(state["cost_timestamp"]) == LOAD_EPOCH + newest, name
         assert int(state["req_mem"]) == newest and float(state["usage_cpu_curr"]) == (newest % 20) / 10
     # At most one trigger per deployment, failover or not (its cooldown window outlives the test),
     # plus at most one escalation when a payload's usage crossed a risk rule inside that window.
@@ -136,25 +104,16 @@ def test_service_starts_with_its_seed_node_down_and_serves_once_the_cluster_answ
     tmp_path, receiver, cost_payload, cost_headers
 ):
     servers = RedisClusterServers(tmp_path / "cluster", size=3)  # ports chosen, nodes not started yet
-    app = create_cost_app(
-        {
-            "REDIS_URL": servers.url,
-            "REDIS_CLUSTER": "true",
-            "REDIS_TIMEOUT_SECONDS": "0.5",
-            "AGENT_WEBHOOK_URL": receiver.url,
-            "COST_ENGINE_TOKEN": COST_TOKEN,
-            "FORECAST_TOKEN": FORECAST_TOKEN,
-        }
-    )
+    app = create_cost_app(service_env(servers.url, receiver.url, REDIS_CLUSTER="true", REDIS_TIMEOUT_SECONDS="0.5"))
     client = app.test_client()
-    refused = client.post("/metrics/cost", json=cost_payload, headers=cost_headers)
+    refused = client.post(COST.path, json=cost_payload, headers=cost_headers)
     assert refused.status_code == 503 and refused.json["error"]["code"] == "REDIS_UNAVAILABLE"
     assert refused.headers["Retry-After"]
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
     try:
         servers.start()
-        answer = client.post("/metrics/cost", json=cost_payload, headers=cost_headers)
+        answer = client.post(COST.path, json=cost_payload, headers=cost_headers)
         assert answer.status_code == 201, answer.json
         assert answer.json["triggered"] == ["adservice"]
         assert client.get("/readyz").status_code == 200

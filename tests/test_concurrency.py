@@ -5,7 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from devtools.harness import both_services, time_passes
+from devtools.harness import both_services, service_env, time_passes
+from shared.web.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
 
 pytestmark = pytest.mark.gunicorn
@@ -20,15 +21,13 @@ def redis_client(store):
 @pytest.fixture
 def services(store, receiver, tmp_path):
     url, cluster, _ = store
-    env = {
-        "REDIS_URL": url,
-        "REDIS_CLUSTER": "true" if cluster else "false",
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "FORECAST_TOKEN": FORECAST_TOKEN,
-        "LOG_LEVEL": "WARNING",
-        "AGENT_WEBHOOK_BUDGET_SECONDS": "1",
-    }
+    env = service_env(
+        url,
+        receiver.url,
+        REDIS_CLUSTER="true" if cluster else "false",
+        LOG_LEVEL="WARNING",
+        AGENT_WEBHOOK_BUDGET_SECONDS="1",
+    )
     with both_services(env, tmp_path) as running:
         yield running["cost"], running["forecast"]
 
@@ -51,8 +50,8 @@ def test_fifty_concurrent_requests_through_both_services_trigger_once(
     cost_payload["deployments"] = cost_payload["deployments"][:1]
     forecast_payload["deployments"] = forecast_payload["deployments"][:1]
     calls = [
-        (f"{cost.url}/metrics/cost", cost_payload, COST_TOKEN),
-        (f"{forecast.url}/metrics/forecast", forecast_payload, FORECAST_TOKEN),
+        (f"{cost.url}{COST.path}", cost_payload, COST_TOKEN),
+        (f"{forecast.url}{FORECAST.path}", forecast_payload, FORECAST_TOKEN),
     ] * 25
 
     def send(call):
@@ -74,10 +73,10 @@ def test_failing_agent_releases_the_claim_under_gunicorn(services, redis_client,
     cost, _ = services
     headers = {"Authorization": f"Bearer {COST_TOKEN}"}
     receiver.status = 503
-    first = requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=30).json()
+    first = requests.post(f"{cost.url}{COST.path}", json=cost_payload, headers=headers, timeout=30).json()
     assert first["delivery"] == "failed" and not redis_client.exists("trigger:default:adservice")
     receiver.status = 202
-    second = requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=30).json()
+    second = requests.post(f"{cost.url}{COST.path}", json=cost_payload, headers=headers, timeout=30).json()
     assert second["triggered"] == ["adservice"] and second["delivery"] == "ok"
     # The first delivery was retried within its budget, then given up; only the second was accepted.
     assert len(receiver.messages) == 1 and len(receiver.calls) >= 3
@@ -90,7 +89,7 @@ def test_concurrent_requests_number_an_episodes_items_once_each(services, redis_
 
     def send(_):
         return requests.post(
-            f"{cost.url}/metrics/cost", json=cost_payload, headers={"Authorization": f"Bearer {COST_TOKEN}"}, timeout=30
+            f"{cost.url}{COST.path}", json=cost_payload, headers={"Authorization": f"Bearer {COST_TOKEN}"}, timeout=30
         )
 
     for _ in range(2):

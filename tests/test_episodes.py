@@ -11,7 +11,7 @@ import pytest
 
 from cost_service import create_app as create_cost_app
 from forecast_service import create_app as create_forecast_app
-from shared.web.services import service_of
+from shared.web.services import COST, service_of
 from tests.conftest import AGENT_TOKEN, COST_TOKEN, FORECAST_TOKEN, auth
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -325,7 +325,7 @@ def test_a_bad_decision_is_refused_and_changes_nothing(agent_config, agent, rece
 def test_each_caller_is_refused_on_the_others_paths(agent_config, agent, cost_payload):
     assert agent.get("/deployments/default/adservice", headers=auth(COST_TOKEN)).status_code == 401
     assert agent.get("/deployments/default/adservice").status_code == 401
-    refused = agent.post("/metrics/cost", json=cost_payload, headers=auth(AGENT_TOKEN))
+    refused = agent.post(COST.path, json=cost_payload, headers=auth(AGENT_TOKEN))
     assert refused.status_code == 401
     forecast = create_forecast_app(agent_config).test_client()
     assert forecast.get("/deployments/default/adservice", headers=auth(FORECAST_TOKEN)).status_code == 401

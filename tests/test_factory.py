@@ -7,7 +7,8 @@ from cost_service import create_app as create_cost_app
 from devtools.harness import ROOT
 from forecast_service import create_app as create_forecast_app
 from shared.runtime.settings import ConfigError
-from shared.web.services import COST, service_of
+from shared.web.services import COST, FORECAST, service_of
+from tests.conftest import COST_TOKEN
 
 
 def test_test_config_overrides_the_environment(base_config, monkeypatch):
@@ -19,8 +20,12 @@ def test_test_config_overrides_the_environment(base_config, monkeypatch):
 
 
 def test_each_service_needs_only_its_own_token(base_config):
-    cost_only = {k: v for k, v in base_config.items() if k != "FORECAST_TOKEN"}
-    assert create_cost_app(cost_only)
+    cost_only = {k: v for k, v in base_config.items() if k != FORECAST.token_setting}
+    app = create_cost_app(cost_only)
+    # The cost service it built: its own name, its caller's token, and its ingest path (only its own).
+    assert app.name == COST.package and service_of(app).settings.tokens == (COST_TOKEN,)
+    ingest = {rule.rule for rule in app.url_map.iter_rules() if "POST" in (rule.methods or ())}
+    assert COST.path in ingest and FORECAST.path not in ingest
     with pytest.raises(ConfigError, match="FORECAST_TOKEN"):
         create_forecast_app(cost_only)
 
@@ -31,9 +36,15 @@ def test_missing_webhook_url_is_a_clear_error(base_config, monkeypatch):
         create_cost_app({**base_config, "AGENT_WEBHOOK_URL": ""})
 
 
+def test_the_ingest_paths_are_the_contracts_urls():
+    # The literal URLs, on purpose: every other test posts to COST.path / FORECAST.path, so this is
+    # where a change of the descriptor that would move the callers' URLs gets caught.
+    assert (COST.path, FORECAST.path) == ("/metrics/cost", "/metrics/forecast")
+
+
 def test_each_service_serves_only_its_own_path(cost_client, forecast_client):
-    assert cost_client.post("/metrics/forecast", json={}).status_code == 404
-    assert forecast_client.post("/metrics/cost", json={}).status_code == 404
+    assert cost_client.post(FORECAST.path, json={}).status_code == 404
+    assert forecast_client.post(COST.path, json={}).status_code == 404
 
 
 @pytest.mark.gunicorn

@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import GunicornService, SocketAgent
+from devtools.harness import GunicornService, SocketAgent, service_env
 from shared.web.services import COST, service_of
 from tests.conftest import COST_TOKEN
 
@@ -38,7 +38,7 @@ def test_a_dripping_agent_counts_from_its_status_line_and_holds_nothing(
     dripping = agent("drip", interval=1.0, drip_bytes=20)
     client = app_for(base_config, dripping.url).test_client()
     started = time.monotonic()
-    response = client.post("/metrics/cost", json=cost_payload, headers=cost_headers)
+    response = client.post(COST.path, json=cost_payload, headers=cost_headers)
     seconds = time.monotonic() - started
     assert response.status_code == 201
     assert response.json["delivery"] == "ok" and response.json["triggered"] == ["adservice"]
@@ -53,7 +53,7 @@ def post_timed(base_config, url, cost_payload, cost_headers):
     client = app_for(base_config, url).test_client()
     service_of(client.application).aggregator.webhook.read_timeout = 30
     started = time.monotonic()
-    response = client.post("/metrics/cost", json=cost_payload, headers=cost_headers)
+    response = client.post(COST.path, json=cost_payload, headers=cost_headers)
     return response, time.monotonic() - started
 
 
@@ -96,7 +96,7 @@ def test_a_redirect_is_a_failed_delivery_never_followed(
     # The Location points at a live receiver, which must see nothing: no GET, no re-POST.
     redirecting = agent("redirect", status=status, location=receiver.url)
     client = app_for(base_config, redirecting.url).test_client()
-    response = client.post("/metrics/cost", json=cost_payload, headers=cost_headers)
+    response = client.post(COST.path, json=cost_payload, headers=cost_headers)
     assert response.status_code == 201 and response.json["delivery"] == "failed"
     assert len(redirecting.requests) == 1  # not retried
     assert receiver.calls == []
@@ -110,15 +110,14 @@ def test_a_redirect_is_a_failed_delivery_never_followed(
 def test_a_dripping_agent_cannot_hold_a_gunicorn_worker(redis_server, redis_client, agent, cost_payload, tmp_path):
     dripping = agent("drip", interval=1.0, drip_bytes=20)
     hanging = agent("hang")
-    env = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": dripping.url,
-        "AGENT_WEBHOOK_BUDGET_SECONDS": str(BUDGET),
-        "AGENT_WEBHOOK_READ_TIMEOUT_SECONDS": "30",
-        "COST_ENGINE_TOKEN": COST_TOKEN,
+    env = service_env(
+        redis_server.url,
+        dripping.url,
+        AGENT_WEBHOOK_BUDGET_SECONDS=str(BUDGET),
+        AGENT_WEBHOOK_READ_TIMEOUT_SECONDS="30",
         # The value the README allowed when a dripping agent got a worker killed mid-delivery.
-        "GUNICORN_TIMEOUT": "10",
-    }
+        GUNICORN_TIMEOUT="10",
+    )
     headers = {"Authorization": f"Bearer {COST_TOKEN}"}
     services = [
         GunicornService(COST.app, env, workers=1).start(tmp_path / "drip.log"),
@@ -129,7 +128,7 @@ def test_a_dripping_agent_cannot_hold_a_gunicorn_worker(redis_server, redis_clie
         for service in services:
             redis_client.flushdb()
             started = time.monotonic()
-            response = requests.post(f"{service.url}/metrics/cost", json=cost_payload, headers=headers, timeout=30)
+            response = requests.post(f"{service.url}{COST.path}", json=cost_payload, headers=headers, timeout=30)
             outcomes.append((response.status_code, response.json()["delivery"], time.monotonic() - started))
             claims = redis_client.keys("trigger:*")
             last_trigger = redis_client.hget("app:default:adservice", "last_trigger")

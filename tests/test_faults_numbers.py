@@ -7,6 +7,7 @@ import pytest
 
 from shared.core.recommend import price, recommend
 from shared.delivery.webhook import AgentWebhook
+from shared.web.services import COST, FORECAST
 
 
 def strict_json(raw):
@@ -30,7 +31,7 @@ def test_sub_millicore_requests_load_as_zero_and_triggers_stay_finite(
     forecast_headers,
     tiny,
 ):
-    assert cost_client.post("/metrics/cost", json=cost_payload, headers=cost_headers).status_code == 201
+    assert cost_client.post(COST.path, json=cost_payload, headers=cost_headers).status_code == 201
     # A newer cost payload whose only deployment requests next to nothing: the namespace's CPU total
     # (the price's denominator) is what it leaves behind.
     poisoned = copy.deepcopy(cost_payload)
@@ -42,7 +43,7 @@ def test_sub_millicore_requests_load_as_zero_and_triggers_stay_finite(
             "current_usage": {"cpu_cores": tiny, "memory_mb": 1e-7},
         }
     ]
-    response = cost_client.post("/metrics/cost", json=poisoned, headers=cost_headers)
+    response = cost_client.post(COST.path, json=poisoned, headers=cost_headers)
     assert response.status_code == 201
     assert [entry["deployment"] for entry in response.get_json()["not_evaluated"]] == ["idle"]
     assert redis_client.hget("app:default:idle", "req_cpu") == b"0"
@@ -52,7 +53,7 @@ def test_sub_millicore_requests_load_as_zero_and_triggers_stay_finite(
     redis_client.delete("trigger:default:adservice")
     redis_client.hdel("app:default:adservice", "last_trigger")
     receiver.calls.clear()
-    assert forecast_client.post("/metrics/forecast", json=forecast_payload, headers=forecast_headers).status_code == 201
+    assert forecast_client.post(FORECAST.path, json=forecast_payload, headers=forecast_headers).status_code == 201
     (call,) = receiver.calls
     (trigger,) = strict_json(call["body"])["triggers"]
     assert trigger["deployment"] == "adservice" and trigger["cost"] is None
@@ -61,7 +62,7 @@ def test_sub_millicore_requests_load_as_zero_and_triggers_stay_finite(
 def test_a_quantity_at_the_floor_is_kept(cost_client, redis_client, cost_payload, cost_headers):
     payload = copy.deepcopy(cost_payload)
     payload["deployments"][0]["current_requests"]["cpu_cores"] = 0.001
-    assert cost_client.post("/metrics/cost", json=payload, headers=cost_headers).status_code == 201
+    assert cost_client.post(COST.path, json=payload, headers=cost_headers).status_code == 201
     assert redis_client.hget("app:default:adservice", "req_cpu") == b"0.001"
 
 

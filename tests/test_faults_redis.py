@@ -8,7 +8,7 @@ import redis
 import requests
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import GunicornService, RedisClusterServers, RedisServer, RefusingRedis, wait_until
+from devtools.harness import GunicornService, RedisClusterServers, RedisServer, RefusingRedis, service_env, wait_until
 from shared.store.repository import StateRepository
 from shared.store.settings import RedisMode
 from shared.web.services import COST, service_of
@@ -16,7 +16,7 @@ from tests.conftest import COST_TOKEN
 
 
 def post(client, payload, headers):
-    return client.post("/metrics/cost", json=payload, headers=headers)
+    return client.post(COST.path, json=payload, headers=headers)
 
 
 def assert_refused(client, payload, headers, code, ready_code=None):
@@ -163,12 +163,7 @@ def wasteful_payload(seq):
 @pytest.mark.gunicorn
 def test_redis_running_out_of_memory_loses_no_trigger(tmp_path, receiver):
     server = RedisServer(tmp_path / "oom", extra=("--maxmemory-policy", "noeviction")).start()
-    env = {
-        "REDIS_URL": server.url,
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "LOG_LEVEL": "CRITICAL",
-    }
+    env = service_env(server.url, receiver.url, LOG_LEVEL="CRITICAL")
     service = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     store = server.client()
     headers = {"Authorization": f"Bearer {COST_TOKEN}"}
@@ -183,7 +178,7 @@ def test_redis_running_out_of_memory_loses_no_trigger(tmp_path, receiver):
                 while queue:
                     seq = queue.pop()
                     response = session.post(
-                        f"{service.url}/metrics/cost", json=wasteful_payload(seq), headers=headers, timeout=10
+                        f"{service.url}{COST.path}", json=wasteful_payload(seq), headers=headers, timeout=10
                     )
                     code = response.json()["error"]["code"] if response.status_code != 201 else None
                     outcomes.append((seq, response.status_code, code))
@@ -214,7 +209,7 @@ def test_redis_running_out_of_memory_loses_no_trigger(tmp_path, receiver):
         assert requests.get(f"{service.url}/readyz", timeout=5).status_code == 200
         for seq in sorted(seq for seq, status, _ in outcomes if status == 503):
             response = requests.post(
-                f"{service.url}/metrics/cost", json=wasteful_payload(seq), headers=headers, timeout=10
+                f"{service.url}{COST.path}", json=wasteful_payload(seq), headers=headers, timeout=10
             )
             assert response.status_code == 201
     finally:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cost_service import create_app as create_cost_app
 from shared.core.schemas import floored
-from shared.web.services import SERVICES
+from shared.web.services import COST, FORECAST, SERVICES
 from tests.conftest import FIXTURES
 
 SEED = {spec.path: json.loads((FIXTURES / spec.seed).read_text()) for spec in SERVICES}
@@ -57,7 +57,7 @@ def replaced(value, path, new):
 
 @pytest.fixture
 def clients(cost_client, forecast_client, cost_headers, forecast_headers):
-    return {"/metrics/cost": (cost_client, cost_headers), "/metrics/forecast": (forecast_client, forecast_headers)}
+    return {COST.path: (cost_client, cost_headers), FORECAST.path: (forecast_client, forecast_headers)}
 
 
 def check(clients, redis_client, path, body, raw=None):
@@ -96,7 +96,7 @@ def test_seed_with_one_part_replaced(clients, redis_client, data, path):
 @given(depth=st.integers(min_value=1, max_value=200_000))
 def test_deep_nesting(clients, redis_client, depth):
     raw = "[" * depth + "]" * depth
-    assert check(clients, redis_client, "/metrics/cost", None, raw=raw).status_code == 400
+    assert check(clients, redis_client, COST.path, None, raw=raw).status_code == 400
 
 
 NAMES = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
@@ -109,7 +109,7 @@ QUANTITY = st.floats(min_value=0, max_value=1e6) | st.integers(min_value=0, max_
     numbers=st.lists(st.tuples(QUANTITY, QUANTITY, QUANTITY, QUANTITY), min_size=30, max_size=30),
 )
 def test_valid_cost_payloads_are_stored_exactly(clients, redis_client, names, numbers):
-    body = copy.deepcopy(SEED["/metrics/cost"])
+    body = copy.deepcopy(SEED[COST.path])
     body["deployments"] = [
         {
             "name": name,
@@ -118,7 +118,7 @@ def test_valid_cost_payloads_are_stored_exactly(clients, redis_client, names, nu
         }
         for name, (rc, rm, uc, um) in zip(names, numbers)
     ]
-    response = check(clients, redis_client, "/metrics/cost", body)
+    response = check(clients, redis_client, COST.path, body)
     assert response.status_code == 201, response.get_json()
     for entry in body["deployments"]:
         stored = redis_client.hgetall(f"app:default:{entry['name']}")
@@ -129,7 +129,7 @@ def test_valid_cost_payloads_are_stored_exactly(clients, redis_client, names, nu
 
 def ten_thousand():
     # Usage exactly half the request: on both cost thresholds, so nothing fires.
-    body = copy.deepcopy(SEED["/metrics/cost"])
+    body = copy.deepcopy(SEED[COST.path])
     body["deployments"] = [
         {
             "name": f"app-{i}",
@@ -142,7 +142,7 @@ def ten_thousand():
 
 
 def test_ten_thousand_deployments_over_the_limit_are_refused(clients, redis_client):
-    response = check(clients, redis_client, "/metrics/cost", ten_thousand())
+    response = check(clients, redis_client, COST.path, ten_thousand())
     assert response.status_code == 422
     assert response.get_json()["error"]["details"]["fields"]["deployments"] == [
         "Must contain at most 5000 deployments."
@@ -151,7 +151,7 @@ def test_ten_thousand_deployments_over_the_limit_are_refused(clients, redis_clie
 
 def test_ten_thousand_deployments_within_a_raised_limit_are_stored(base_config, cost_headers, redis_client):
     client = create_cost_app({**base_config, "MAX_DEPLOYMENTS": "10000"}).test_client()
-    response = client.post("/metrics/cost", json=ten_thousand(), headers=cost_headers)
+    response = client.post(COST.path, json=ten_thousand(), headers=cost_headers)
     assert response.status_code == 201 and response.get_json()["deployments"] == 10_000
     assert response.get_json()["triggered"] == []
     # App hashes and their histories, four cluster keys and their timestamps.

@@ -5,7 +5,7 @@ import json
 import pytest
 import requests
 
-from devtools.harness import GunicornService, free_port
+from devtools.harness import GunicornService, free_port, service_env
 from shared.web.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, FORECAST_TOKEN
 
@@ -19,15 +19,17 @@ SECRET = "whsec_bG9nLXRlc3Qtc2lnbmluZy1rZXktMDE="
 def test_no_token_appears_in_any_log(redis_server, redis_client, receiver, tmp_path, cost_payload):
     token_file = tmp_path / "forecast-token"
     token_file.write_text(FORECAST_TOKEN)
-    env = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": f"{COST_TOKEN},{ROTATED}",
-        "FORECAST_TOKEN_FILE": str(token_file),
-        "LOG_LEVEL": "DEBUG",
-        "AGENT_WEBHOOK_BUDGET_SECONDS": "1",
-        "AGENT_WEBHOOK_SECRET": SECRET,
-    }
+    # The forecaster's token comes from its file here (FORECAST_TOKEN unset: both would be refused).
+    env = service_env(
+        redis_server.url,
+        receiver.url,
+        COST_ENGINE_TOKEN=f"{COST_TOKEN},{ROTATED}",
+        FORECAST_TOKEN=None,
+        FORECAST_TOKEN_FILE=str(token_file),
+        LOG_LEVEL="DEBUG",
+        AGENT_WEBHOOK_BUDGET_SECONDS="1",
+        AGENT_WEBHOOK_SECRET=SECRET,
+    )
     cost = GunicornService(COST.app, env).start(tmp_path / "cost.log")
     forecast = GunicornService(FORECAST.app, env).start(tmp_path / "forecast.log")
     broken = GunicornService(COST.app, {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}).start(
@@ -36,14 +38,14 @@ def test_no_token_appears_in_any_log(redis_server, redis_client, receiver, tmp_p
     try:
         for token in (COST_TOKEN, ROTATED, FORECAST_TOKEN, "not-a-real-token-but-secret"):
             headers = {"Authorization": f"Bearer {token}"}
-            requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10)
-            requests.post(f"{cost.url}/metrics/cost", json={"bad": token}, headers=headers, timeout=10)
-            requests.post(f"{forecast.url}/metrics/forecast", json={}, headers=headers, timeout=10)
-            requests.post(f"{broken.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10)
+            requests.post(f"{cost.url}{COST.path}", json=cost_payload, headers=headers, timeout=10)
+            requests.post(f"{cost.url}{COST.path}", json={"bad": token}, headers=headers, timeout=10)
+            requests.post(f"{forecast.url}{FORECAST.path}", json={}, headers=headers, timeout=10)
+            requests.post(f"{broken.url}{COST.path}", json=cost_payload, headers=headers, timeout=10)
         receiver.status = 500
         redis_client.flushdb()
         response = requests.post(
-            f"{cost.url}/metrics/cost", json=cost_payload, headers={"Authorization": f"Bearer {ROTATED}"}, timeout=10
+            f"{cost.url}{COST.path}", json=cost_payload, headers={"Authorization": f"Bearer {ROTATED}"}, timeout=10
         )
         assert response.json()["delivery"] == "failed"
     finally:

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from devtools.harness import GunicornService, free_port
+from devtools.harness import GunicornService, free_port, service_env
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
 
@@ -26,12 +26,7 @@ def sample(page, name, **labels):
 
 @pytest.fixture
 def cost(redis_server, redis_client, receiver, tmp_path):
-    env = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
+    env = service_env(redis_server.url, receiver.url, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     service = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     yield service
     service.stop()
@@ -42,7 +37,7 @@ def test_counters_add_up_across_workers(cost, cost_payload, tmp_path):
     refused = 7
 
     def ingest(_):
-        return requests.post(f"{cost.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10).status_code
+        return requests.post(f"{cost.url}{COST.path}", json=cost_payload, headers=headers, timeout=10).status_code
 
     # Each process that counted something has its own file (the master's holds the series it starts
     # at zero): the page below must be their sum. Four at a time, and on until both workers have
@@ -59,7 +54,7 @@ def test_counters_add_up_across_workers(cost, cost_payload, tmp_path):
             accepted += 4
     assert len(workers_counting()) == 2, workers_counting()
     for _ in range(refused):
-        assert requests.post(f"{cost.url}/metrics/cost", json={}, headers=headers, timeout=10).status_code == 422
+        assert requests.post(f"{cost.url}{COST.path}", json={}, headers=headers, timeout=10).status_code == 422
     for _ in range(6):  # several scrapes, so both workers answer some; each must see the sum
         response = requests.get(f"{cost.url}/metrics", timeout=10)
         assert response.headers["Content-Type"].startswith("text/plain")
@@ -79,24 +74,21 @@ def test_counters_add_up_across_workers(cost, cost_payload, tmp_path):
     assert len(requests_logged) == accepted + refused
     for record in requests_logged:
         assert {"time", "level", "service", "request_id", "method", "path", "status", "duration_ms"} <= set(record)
-        assert record["service"] == "cost_service" and record["path"] == "/metrics/cost"
+        assert record["service"] == "cost_service" and record["path"] == COST.path
     assert all(r["deployments"] == 2 and "triggered" in r for r in requests_logged if r["status"] == 201)
     assert any(r["logger"] == "gunicorn.error" for r in records)
 
 
 def test_redis_errors_are_counted(redis_server, receiver, tmp_path, cost_payload):
-    env = {
-        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
+    env = service_env(
+        f"redis://127.0.0.1:{free_port()}/0", receiver.url, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics")
+    )
     service = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     try:
         headers = {"Authorization": f"Bearer {COST_TOKEN}"}
         for _ in range(5):
             assert (
-                requests.post(f"{service.url}/metrics/cost", json=cost_payload, headers=headers, timeout=10).status_code
+                requests.post(f"{service.url}{COST.path}", json=cost_payload, headers=headers, timeout=10).status_code
                 == 503
             )
         page = requests.get(f"{service.url}/metrics", timeout=10).text

@@ -9,7 +9,7 @@ import requests
 from openapi_spec_validator import validate
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import GunicornService
+from devtools.harness import GunicornService, service_env
 from shared.web.services import COST, FORECAST
 from tests.conftest import AGENT_TOKEN, COST_TOKEN, FIXTURES, FORECAST_TOKEN, auth
 
@@ -24,6 +24,8 @@ def test_document_is_valid_openapi(request, client_name):
 
 def test_ingest_operation_documents_every_status(cost_client):
     document = cost_client.get("/openapi.json").get_json()
+    # The literal URL, not COST.path: the document is what callers code against, and it must publish
+    # the contract's path whatever the descriptor says (COST.path would only compare it with itself).
     operation = document["paths"]["/metrics/cost"]["post"]
     assert set(operation["responses"]) == {"201", "400", "401", "413", "415", "422", "500", "503"}
     assert operation["responses"]["422"]["content"]["application/json"]["schema"] == {
@@ -66,15 +68,9 @@ def test_the_agents_paths_are_documented_only_when_they_are_served(base_config):
 def test_schemathesis_finds_no_server_error_and_no_undocumented_response(
     redis_server, redis_client, receiver, tmp_path, app_uri, token, paths
 ):
-    env = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "AGENT_WEBHOOK_BUDGET_SECONDS": "0.5",
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "FORECAST_TOKEN": FORECAST_TOKEN,
-        "AGENT_TOKEN": AGENT_TOKEN,
-        "LOG_LEVEL": "WARNING",
-    }
+    env = service_env(
+        redis_server.url, receiver.url, AGENT_WEBHOOK_BUDGET_SECONDS="0.5", AGENT_TOKEN=AGENT_TOKEN, LOG_LEVEL="WARNING"
+    )
     service = GunicornService(app_uri, env).start(tmp_path / "service.log")
     if token == AGENT_TOKEN:
         # A deployment with an open episode, for the documented example path to find.

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from devtools.harness import ROOT, GunicornService, free_port, wait_until
+from devtools.harness import ROOT, GunicornService, free_port, service_env, wait_until
 from shared.web.services import COST
-from tests.conftest import COST_TOKEN
 
 pytestmark = pytest.mark.gunicorn
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", COST.app]
@@ -48,20 +47,15 @@ def worker_pids(master_pid):
 
 
 @pytest.fixture
-def service_env(redis_server, redis_client, receiver, tmp_path):
+def cost_env(redis_server, redis_client, receiver, tmp_path):
     """Settings for a cost service whose temporary directory is tmp_path/tmp."""
     (tmp_path / "tmp").mkdir()
-    return {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "TMPDIR": str(tmp_path / "tmp"),
-    }
+    return service_env(redis_server.url, receiver.url, TMPDIR=str(tmp_path / "tmp"))
 
 
-def test_gunicorn_removes_the_metrics_directory_it_made_when_it_exits(service_env, tmp_path, monkeypatch):
+def test_gunicorn_removes_the_metrics_directory_it_made_when_it_exits(cost_env, tmp_path, monkeypatch):
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    service = GunicornService(COST.app, service_env, workers=2).start(tmp_path / "cost.log")
+    service = GunicornService(COST.app, cost_env, workers=2).start(tmp_path / "cost.log")
     try:
         [made] = metrics_dirs(tmp_path / "tmp")
         # A worker that exits (a restart, max_requests) runs the exit handlers it inherited: the directory stays.
@@ -77,9 +71,9 @@ def test_gunicorn_removes_the_metrics_directory_it_made_when_it_exits(service_en
     assert metrics_dirs(tmp_path / "tmp") == []
 
 
-def test_a_metrics_directory_given_to_gunicorn_is_left_in_place(service_env, tmp_path):
+def test_a_metrics_directory_given_to_gunicorn_is_left_in_place(cost_env, tmp_path):
     given = tmp_path / "metrics"
-    env = {**service_env, "PROMETHEUS_MULTIPROC_DIR": str(given)}
+    env = {**cost_env, "PROMETHEUS_MULTIPROC_DIR": str(given)}
     GunicornService(COST.app, env, workers=1).start(tmp_path / "cost.log").stop()
     assert given.is_dir() and metrics_dirs(tmp_path / "tmp") == []
 
@@ -101,9 +95,9 @@ def test_a_bad_web_concurrency_is_one_line_from_the_image_command(value, tmp_pat
     assert done.stdout == ""
 
 
-def test_the_image_command_serves_with_good_settings(service_env, tmp_path):
+def test_the_image_command_serves_with_good_settings(cost_env, tmp_path):
     port = free_port()
-    env = {**service_env, "PATH": PATH, "APP_MODULE": COST.app, "PORT": str(port)}
+    env = {**cost_env, "PATH": PATH, "APP_MODULE": COST.app, "PORT": str(port)}
     env["WEB_CONCURRENCY"] = "1"
     with open(tmp_path / "image.log", "wb") as log:
         process = subprocess.Popen(["sh", "-c", image_command()], cwd=ROOT, env=env, stdout=log, stderr=log)

@@ -7,11 +7,11 @@ import pytest
 import redis
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import ROOT
+from devtools.harness import ROOT, service_env
 from forecast_service import create_app as create_forecast_app
 from shared.store.connection import CLUSTER_ACL_ADDITIONS, MINIMAL_ACL_RULE
 from shared.store.repository import Claims
-from shared.web.services import service_of
+from shared.web.services import COST, FORECAST, service_of
 from tests.conftest import AGENT_TOKEN, COST_TOKEN, FORECAST_TOKEN, auth
 
 USER, PASSWORD = "aggregator", "acl-user-password-0123456789"
@@ -42,13 +42,9 @@ def create_user(admin, rule):
 
 
 def config(port, receiver):
-    return {
-        "REDIS_URL": f"redis://{USER}:{PASSWORD}@127.0.0.1:{port}/0",
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "FORECAST_TOKEN": FORECAST_TOKEN,
-        "AGENT_WEBHOOK_BUDGET_SECONDS": "0.5",
-    }
+    return service_env(
+        f"redis://{USER}:{PASSWORD}@127.0.0.1:{port}/0", receiver.url, AGENT_WEBHOOK_BUDGET_SECONDS="0.5"
+    )
 
 
 def test_the_docs_give_the_rule_the_test_uses():
@@ -65,13 +61,13 @@ def test_a_user_with_the_minimal_rule_runs_every_flow(server, admin, receiver, c
     cost_headers, forecast_headers = auth(COST_TOKEN), auth(FORECAST_TOKEN)
 
     assert cost.get("/readyz").status_code == 200 and forecast.get("/readyz").status_code == 200
-    first = cost.post("/metrics/cost", json=cost_payload, headers=cost_headers)
+    first = cost.post(COST.path, json=cost_payload, headers=cost_headers)
     assert first.status_code == 201 and first.json["triggered"] == ["adservice"] and first.json["delivery"] == "ok"
-    again = cost.post("/metrics/cost", json=cost_payload, headers=cost_headers).json
+    again = cost.post(COST.path, json=cost_payload, headers=cost_headers).json
     assert again["cooldown"] == ["adservice"] and again["triggered"] == []
     older = copy.deepcopy(cost_payload)
     older["timestamp"] = "2023-12-31T00:00:00Z"
-    assert sorted(cost.post("/metrics/cost", json=older, headers=cost_headers).json["stale"]) == [
+    assert sorted(cost.post(COST.path, json=older, headers=cost_headers).json["stale"]) == [
         "adservice",
         "cartservice",
     ]
@@ -80,14 +76,14 @@ def test_a_user_with_the_minimal_rule_runs_every_flow(server, admin, receiver, c
     for row in spike["deployments"]:
         if row["name"] == "adservice":
             row["predict_peak_24h"]["cpu_cores"] = 1.9
-    escalated = forecast.post("/metrics/forecast", json=spike, headers=forecast_headers)
+    escalated = forecast.post(FORECAST.path, json=spike, headers=forecast_headers)
     assert escalated.status_code == 201 and escalated.json["triggered"] == ["adservice"]
 
     # A failed delivery: the claims are given back (a script) and the record is kept and printed.
     receiver.status = 503
     other = copy.deepcopy(cost_payload)
     other["deployments"][0]["name"] = "checkout"
-    failed = cost.post("/metrics/cost", json=other, headers=cost_headers).json
+    failed = cost.post(COST.path, json=other, headers=cost_headers).json
     assert failed["triggered"] == ["checkout"] and failed["delivery"] == "failed"
     assert not admin.exists("trigger:default:checkout")
     printed = cost_app.test_cli_runner().invoke(args=["failed-triggers"])
@@ -116,12 +112,12 @@ def test_a_user_with_the_minimal_rule_runs_every_flow(server, admin, receiver, c
     quiet["timestamp"] = "2024-01-01T12:05:00Z"
     quiet["deployments"][0]["current_usage"]["cpu_cores"] = 1.5
     resolver = create_cost_app({**config(server.port, receiver), "RESOLVE_AFTER_SECONDS": "0"}).test_client()
-    resolved = resolver.post("/metrics/cost", json=quiet, headers=cost_headers).json
+    resolved = resolver.post(COST.path, json=quiet, headers=cost_headers).json
     assert resolved["triggered"] == ["checkout"], resolved
     quiet["timestamp"] = "2024-01-01T12:10:00Z"
     counting = create_cost_app({**config(server.port, receiver), "RESOLVE_AFTER_SECONDS": "3600"}).test_client()
-    cost.post("/metrics/cost", json=other, headers=cost_headers)  # a new episode
-    assert counting.post("/metrics/cost", json=quiet, headers=cost_headers).status_code == 201  # the count starts
+    cost.post(COST.path, json=other, headers=cost_headers)  # a new episode
+    assert counting.post(COST.path, json=quiet, headers=cost_headers).status_code == 201  # the count starts
 
     # Not one command or key was refused on the way (the ACL log lists every denial).
     assert admin.execute_command("ACL", "LOG") == []
@@ -165,7 +161,7 @@ def test_the_user_in_the_url_and_its_password_in_a_file(server, admin, receiver,
     settings = {**config(server.port, receiver), "REDIS_URL": f"redis://{USER}@127.0.0.1:{server.port}/0"}
     client = create_cost_app({**settings, "REDIS_PASSWORD_FILE": str(password_file)}).test_client()
     assert client.get("/readyz").status_code == 200
-    assert client.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN)).status_code == 201
+    assert client.post(COST.path, json=cost_payload, headers=auth(COST_TOKEN)).status_code == 201
     password_file.write_text("not-the-password\n")
     wrong = create_cost_app({**settings, "REDIS_PASSWORD_FILE": str(password_file)}).test_client()
     assert wrong.get("/readyz").status_code == 503
@@ -182,13 +178,11 @@ def test_a_cluster_user_with_the_rule_and_the_cluster_additions(redis_cluster, r
         app = create_cost_app({**config(redis_cluster.ports[0], receiver), "REDIS_CLUSTER": "true"})
         client = app.test_client()
         assert client.get("/readyz").status_code == 200
-        assert client.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN)).json["triggered"] == [
-            "adservice"
-        ]
+        assert client.post(COST.path, json=cost_payload, headers=auth(COST_TOKEN)).json["triggered"] == ["adservice"]
         receiver.status = 503
         later = {**cost_payload, "timestamp": "2024-01-01T13:00:00Z"}
         later["deployments"] = [{**cost_payload["deployments"][0], "name": "checkout"}]
-        assert client.post("/metrics/cost", json=later, headers=auth(COST_TOKEN)).json["delivery"] == "failed"
+        assert client.post(COST.path, json=later, headers=auth(COST_TOKEN)).json["delivery"] == "failed"
         assert app.test_cli_runner().invoke(args=["failed-triggers"]).exit_code == 0
         assert [node.execute_command("ACL", "LOG") for node in nodes] == [[]] * len(nodes)
     finally:

@@ -3,7 +3,8 @@
 import pytest
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import RedisServer, free_port, make_certificates, needs_tls
+from devtools.harness import RedisServer, free_port, make_certificates, needs_tls, service_env
+from shared.web.services import COST
 from tests.conftest import COST_TOKEN, auth
 
 pytestmark = needs_tls()
@@ -46,15 +47,14 @@ def server_mutual(tmp_path, certificates):
 
 
 def cost_client(url, receiver):
-    config = {"REDIS_URL": url, "AGENT_WEBHOOK_URL": receiver.url, "COST_ENGINE_TOKEN": COST_TOKEN}
-    return create_cost_app({**config, "REDIS_TIMEOUT_SECONDS": "1"}).test_client()
+    return create_cost_app(service_env(url, receiver.url, REDIS_TIMEOUT_SECONDS="1")).test_client()
 
 
 def test_private_ca(server_ca_only, certificates, receiver, cost_payload):
     url = f"rediss://127.0.0.1:{server_ca_only.tls_port}/0?ssl_ca_certs={certificates['ca']}"
     client = cost_client(url, receiver)
     assert client.get("/readyz").status_code == 200
-    response = client.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN))
+    response = client.post(COST.path, json=cost_payload, headers=auth(COST_TOKEN))
     assert response.status_code == 201 and response.json["triggered"] == ["adservice"]
     assert server_ca_only.client().hget("app:default:adservice", "req_cpu") == b"2.0"
 
@@ -64,7 +64,7 @@ def test_a_server_the_ca_did_not_sign_is_refused(server_ca_only, certificates, r
     url = f"rediss://127.0.0.1:{server_ca_only.tls_port}/0?ssl_ca_certs={certificates['client_cert']}"
     client = cost_client(url, receiver)
     assert client.get("/readyz").status_code == 503
-    response = client.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN))
+    response = client.post(COST.path, json=cost_payload, headers=auth(COST_TOKEN))
     assert response.status_code == 503 and response.json["error"]["code"] == "REDIS_UNAVAILABLE"
     assert server_ca_only.client().keys("*") == []
 
@@ -75,10 +75,10 @@ def test_mutual_tls(server_mutual, certificates, receiver, cost_payload):
         f"{base}&ssl_certfile={certificates['client_cert']}&ssl_keyfile={certificates['client_key']}", receiver
     )
     assert mutual.get("/readyz").status_code == 200
-    assert mutual.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN)).status_code == 201
+    assert mutual.post(COST.path, json=cost_payload, headers=auth(COST_TOKEN)).status_code == 201
     # Without a client certificate the server ends the handshake: Redis unavailable, nothing written by us.
     server_mutual.client().flushdb()
     anonymous = cost_client(base, receiver)
     assert anonymous.get("/readyz").status_code == 503
-    assert anonymous.post("/metrics/cost", json=cost_payload, headers=auth(COST_TOKEN)).status_code == 503
+    assert anonymous.post(COST.path, json=cost_payload, headers=auth(COST_TOKEN)).status_code == 503
     assert server_mutual.client().keys("*") == []

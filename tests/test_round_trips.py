@@ -5,8 +5,9 @@ import redis
 
 from bench.redis_proxy import CountingProxy
 from cost_service import create_app as create_cost_app
-from devtools.harness import time_passes
-from tests.conftest import COST_TOKEN, FORECAST_TOKEN, auth
+from devtools.harness import service_env, time_passes
+from shared.web.services import COST
+from tests.conftest import COST_TOKEN, auth
 
 HOUR = 3600
 
@@ -30,17 +31,8 @@ def cost_body(size, timestamp="2026-01-01T00:00:00Z"):
 
 
 def make_app(url, cluster, receiver, **settings):
-    return create_cost_app(
-        {
-            "REDIS_URL": url,
-            "REDIS_CLUSTER": "true" if cluster else "false",
-            "AGENT_WEBHOOK_URL": receiver.url,
-            "COST_ENGINE_TOKEN": COST_TOKEN,
-            "FORECAST_TOKEN": FORECAST_TOKEN,
-            "MAX_DEPLOYMENTS": "5000",
-            **settings,
-        }
-    ).test_client()
+    config = service_env(url, receiver.url, REDIS_CLUSTER="true" if cluster else "false", MAX_DEPLOYMENTS="5000")
+    return create_cost_app({**config, **settings}).test_client()
 
 
 @pytest.mark.parametrize("size", [2, 500])
@@ -49,10 +41,10 @@ def test_a_held_back_reminder_costs_one_round_trip(redis_server, redis_client, r
     names = [f"app-{i}" for i in range(size)]
     try:
         client = make_app(proxy.url, False, receiver, REMINDER_SECONDS="86400")
-        assert client.post("/metrics/cost", json=cost_body(size), headers=auth(COST_TOKEN)).json["delivery"] == "ok"
+        assert client.post(COST.path, json=cost_body(size), headers=auth(COST_TOKEN)).json["delivery"] == "ok"
         time_passes(redis_client, names, HOUR)
         before = proxy.counts()
-        held = client.post("/metrics/cost", json=cost_body(size, "2026-01-01T00:05:00Z"), headers=auth(COST_TOKEN))
+        held = client.post(COST.path, json=cost_body(size, "2026-01-01T00:05:00Z"), headers=auth(COST_TOKEN))
         assert held.json["suppressed"] == names and held.json["cooldown"] == []
         commands, trips = (after - start for after, start in zip(proxy.counts(), before))
         # The store script brought the usage histories with the state (the window is over), so the
@@ -62,7 +54,7 @@ def test_a_held_back_reminder_costs_one_round_trip(redis_server, redis_client, r
         changed = cost_body(size, "2026-01-01T00:10:00Z")
         for row in changed["deployments"]:
             row["current_requests"]["cpu_cores"] = 4.0
-        sent = client.post("/metrics/cost", json=changed, headers=auth(COST_TOKEN))
+        sent = client.post(COST.path, json=changed, headers=auth(COST_TOKEN))
         assert sent.json["triggered"] == names
         commands, trips = (after - start for after, start in zip(proxy.counts(), before))
         assert (commands, trips) == (3, 3)  # store (histories with it), claim, settle
@@ -75,10 +67,10 @@ def test_round_trips_per_request_on_one_redis(redis_server, redis_client, receiv
     proxy = CountingProxy(redis_server.port).start()
     try:
         client = make_app(proxy.url, False, receiver)
-        first = client.post("/metrics/cost", json=cost_body(size), headers=auth(COST_TOKEN)).json
+        first = client.post(COST.path, json=cost_body(size), headers=auth(COST_TOKEN)).json
         assert len(first["triggered"]) == size and first["delivery"] == "ok"
         before = proxy.counts()
-        again = client.post("/metrics/cost", json=cost_body(size, "2026-01-01T00:05:00Z"), headers=auth(COST_TOKEN))
+        again = client.post(COST.path, json=cost_body(size, "2026-01-01T00:05:00Z"), headers=auth(COST_TOKEN))
         assert len(again.json["cooldown"]) == size
         commands, trips = (after - start for after, start in zip(proxy.counts(), before))
         assert (commands, trips) == (1, 1)  # steady state: the one store script
@@ -86,7 +78,7 @@ def test_round_trips_per_request_on_one_redis(redis_server, redis_client, receiv
         redis_client.delete(*[f"trigger:default:app-{i}" for i in range(size)], "{trigger:default:app-0}:episode")
         redis_client.hdel("app:default:app-0", "last_trigger", "episode", "watch")
         before = proxy.counts()
-        fired = client.post("/metrics/cost", json=cost_body(size, "2026-01-01T00:10:00Z"), headers=auth(COST_TOKEN))
+        fired = client.post(COST.path, json=cost_body(size, "2026-01-01T00:10:00Z"), headers=auth(COST_TOKEN))
         assert fired.json["triggered"] == ["app-0"]
         commands, trips = (after - start for after, start in zip(proxy.counts(), before))
         assert (commands, trips) == (4, 4)  # store, claim, the triggered deployments' usage histories, settle
@@ -101,13 +93,13 @@ def test_script_calls_per_request_on_a_cluster(redis_cluster, receiver, size):
     seed.flushall()
     nodes = [seed.get_redis_connection(node) for node in seed.get_primaries()]
     client = make_app(redis_cluster.url, True, receiver)
-    assert client.post("/metrics/cost", json=cost_body(size), headers=auth(COST_TOKEN)).status_code == 201
+    assert client.post(COST.path, json=cost_body(size), headers=auth(COST_TOKEN)).status_code == 201
     for i in range(size):
         seed.delete(f"trigger:default:app-{i}", f"{{trigger:default:app-{i}}}:episode")
         seed.hdel(f"app:default:app-{i}", "last_trigger", "episode", "watch")
     for node in nodes:
         node.config_resetstat()
-    fired = client.post("/metrics/cost", json=cost_body(size, "2026-01-01T00:05:00Z"), headers=auth(COST_TOKEN)).json
+    fired = client.post(COST.path, json=cost_body(size, "2026-01-01T00:05:00Z"), headers=auth(COST_TOKEN)).json
     assert len(fired["triggered"]) == size and fired["delivery"] == "ok"
     stats = [node.info("commandstats") for node in nodes]
     seed.flushall()

@@ -6,7 +6,7 @@ import threading
 import pytest
 import requests
 
-from devtools.harness import GunicornService
+from devtools.harness import GunicornService, service_env
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
 
@@ -15,14 +15,15 @@ pytestmark = pytest.mark.gunicorn
 
 def test_sigterm_during_a_request_still_answers_it(redis_server, redis_client, receiver, tmp_path, cost_payload):
     receiver.delay = 1.0  # the agent is slow, so the request is still in flight when SIGTERM arrives
-    env = {"REDIS_URL": redis_server.url, "AGENT_WEBHOOK_URL": receiver.url, "COST_ENGINE_TOKEN": COST_TOKEN}
-    service = GunicornService(COST.app, env, workers=1).start(tmp_path / "cost.log")
+    service = GunicornService(COST.app, service_env(redis_server.url, receiver.url), workers=1).start(
+        tmp_path / "cost.log"
+    )
     answers = []
 
     def ingest():
         answers.append(
             requests.post(
-                f"{service.url}/metrics/cost",
+                f"{service.url}{COST.path}",
                 json=cost_payload,
                 headers={"Authorization": f"Bearer {COST_TOKEN}"},
                 timeout=30,

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from devtools.harness import GunicornService
+from devtools.harness import GunicornService, service_env
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
 
@@ -21,13 +21,9 @@ AUTH = f"Authorization: Bearer {COST_TOKEN}\r\n"
 
 @pytest.fixture
 def service(redis_server, redis_client, receiver, tmp_path):
-    env = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": receiver.url,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-        "CLIENT_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT),
-        "MAX_BODY_BYTES": str(MAX_BODY),
-    }
+    env = service_env(
+        redis_server.url, receiver.url, CLIENT_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT), MAX_BODY_BYTES=str(MAX_BODY)
+    )
     started = GunicornService(COST.app, env, workers=2).start(tmp_path / "cost.log")
     yield started
     started.stop()
@@ -60,20 +56,20 @@ def test_stalled_clients_starve_neither_probes_nor_ingest(service, cost_payload)
     for _ in range(2):
         sock = connect(service)
         sock.sendall(
-            b"POST /metrics/cost HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"POST {COST.path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
             + f"{AUTH}Content-Length: {len(body)}\r\n\r\n".encode()
             + body[: len(body) // 2]
         )
         half_bodies.append(sock)
         sock = connect(service)
-        sock.sendall(b"POST /metrics/cost HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
+        sock.sendall(f"POST {COST.path} HTTP/1.1\r\nHost: x\r\nContent-Type: appl".encode())
         half_headers.append(sock)
     started = time.monotonic()
     try:
         # With sync workers, these waited for the stalled clients (31 s in the issue's probe).
         assert requests.get(f"{service.url}/healthz", timeout=1).status_code == 200
         headers = {"Authorization": f"Bearer {COST_TOKEN}"}
-        response = requests.post(f"{service.url}/metrics/cost", json=cost_payload, headers=headers, timeout=1)
+        response = requests.post(f"{service.url}{COST.path}", json=cost_payload, headers=headers, timeout=1)
         assert response.status_code == 201
         # The stalled clients are cut at the read timeout: a half-sent body gets a 408, half-sent headers a close.
         for sock in half_bodies:
@@ -96,7 +92,7 @@ def test_a_chunked_body_over_the_limit_is_413_and_writes_nothing(service, redis_
         with connect(service) as sock:
             chunks = [body[i : i + 8192] for i in range(0, len(body), 8192)]
             sock.sendall(
-                b"POST /metrics/cost HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"POST {COST.path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
                 + f"{AUTH}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode()
                 + b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for chunk in chunks)
                 + b"0\r\n\r\n"
@@ -129,7 +125,7 @@ def test_requests_gunicorn_refuses_get_the_json_error_shape(service, redis_clien
     body = json.dumps(cost_payload).encode()
     with connect(service) as sock:
         sock.sendall(
-            b"POST /metrics/cost HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"POST {COST.path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
             + header
             + f"{AUTH if b'Authorization' not in header else ''}Content-Length: {len(body)}\r\n\r\n".encode()
             + body

@@ -12,9 +12,9 @@ from standardwebhooks import Webhook
 
 from cost_service import create_app as create_cost_app
 from devtools.agent_receiver import AgentReceiver
-from devtools.harness import ROOT, GunicornService, wait_until
+from devtools.harness import ROOT, GunicornService, service_env, wait_until
 from forecast_service import create_app as create_forecast_app
-from shared.web.services import COST
+from shared.web.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, SEED_ADSERVICE_PRICE
 
 SECRET = "whsec_dHJpZ2dlci10ZXN0LXNpZ25pbmcta2V5LTAx"
@@ -29,16 +29,11 @@ def signed_receiver():
 
 @pytest.mark.gunicorn
 def test_signed_enriched_trigger_from_gunicorn(redis_server, redis_client, signed_receiver, cost_payload, tmp_path):
-    env = {
-        "REDIS_URL": redis_server.url,
-        "AGENT_WEBHOOK_URL": signed_receiver.url,
-        "AGENT_WEBHOOK_SECRET": SECRET,
-        "COST_ENGINE_TOKEN": COST_TOKEN,
-    }
+    env = service_env(redis_server.url, signed_receiver.url, AGENT_WEBHOOK_SECRET=SECRET)
     cost = GunicornService(COST.app, env).start(tmp_path / "cost.log")
     try:
         body = requests.post(
-            f"{cost.url}/metrics/cost", json=cost_payload, headers={"Authorization": f"Bearer {COST_TOKEN}"}, timeout=10
+            f"{cost.url}{COST.path}", json=cost_payload, headers={"Authorization": f"Bearer {COST_TOKEN}"}, timeout=10
         ).json()
     finally:
         cost.stop()
@@ -86,7 +81,7 @@ def test_a_wrong_secret_fails_delivery_and_releases_the_claim(
     base_config, cost_headers, cost_payload, signed_receiver, redis_client
 ):
     config = {**base_config, "AGENT_WEBHOOK_URL": signed_receiver.url, "AGENT_WEBHOOK_SECRET": SECRET[:-4] + "AAAA"}
-    body = create_cost_app(config).test_client().post("/metrics/cost", json=cost_payload, headers=cost_headers).json
+    body = create_cost_app(config).test_client().post(COST.path, json=cost_payload, headers=cost_headers).json
     assert body["delivery"] == "failed" and [c["status"] for c in signed_receiver.calls] == [401]
     assert not redis_client.exists("trigger:default:adservice")
 
@@ -105,15 +100,15 @@ def test_risk_escalates_a_window_opened_by_waste_once(
     clients, cost_headers, forecast_headers, cost_payload, forecast_payload, receiver, redis_client
 ):
     cost, forecast = clients
-    assert cost.post("/metrics/cost", json=cost_payload, headers=cost_headers).json["triggered"] == ["adservice"]
+    assert cost.post(COST.path, json=cost_payload, headers=cost_headers).json["triggered"] == ["adservice"]
     # Inside that window the forecaster predicts a spike: the agent must hear of it before downscaling.
     spike = forecast_peak(forecast_payload, 1.9)
-    body = forecast.post("/metrics/forecast", json=spike, headers=forecast_headers).json
+    body = forecast.post(FORECAST.path, json=spike, headers=forecast_headers).json
     assert body["triggered"] == ["adservice"] and body["cooldown"] == []
     [item] = receiver.messages[-1]["triggers"]
     assert item["escalation"] is True and item["reasons"][0]["rule"] == "predicted_cpu_spike"
     # Once per window: the next spike is held by the cooldown.
-    again = forecast.post("/metrics/forecast", json=spike, headers=forecast_headers).json
+    again = forecast.post(FORECAST.path, json=spike, headers=forecast_headers).json
     assert again["triggered"] == [] and again["cooldown"] == ["adservice"]
     assert len(receiver.messages) == 2
     window = redis_client.ttl("trigger:default:adservice")
@@ -128,12 +123,12 @@ def test_risk_inside_a_window_still_in_flight_is_escalated_exactly_once(
     spike = forecast_peak(forecast_payload, 1.9)
     receiver.delay = 1.0  # the agent holds every delivery open for a second
     with ThreadPoolExecutor(max_workers=5) as pool:
-        waste = pool.submit(cost_app.test_client().post, "/metrics/cost", json=cost_payload, headers=cost_headers)
+        waste = pool.submit(cost_app.test_client().post, COST.path, json=cost_payload, headers=cost_headers)
         # The waste window is claimed, and its trigger not yet answered (no last_trigger).
         assert wait_until(lambda: redis_client.exists("trigger:default:adservice"), timeout=5)
         assert redis_client.hget("app:default:adservice", "last_trigger") is None
         risks = [
-            pool.submit(forecast_app.test_client().post, "/metrics/forecast", json=spike, headers=forecast_headers)
+            pool.submit(forecast_app.test_client().post, FORECAST.path, json=spike, headers=forecast_headers)
             for _ in range(4)
         ]
         assert wait_until(lambda: redis_client.exists("{trigger:default:adservice}:escalation"), timeout=5)
@@ -148,7 +143,7 @@ def test_risk_inside_a_window_still_in_flight_is_escalated_exactly_once(
     assert len(receiver.messages) == 2
     # Settled now: a later spike inside the same window is held.
     receiver.delay = 0
-    later = forecast_app.test_client().post("/metrics/forecast", json=spike, headers=forecast_headers).json
+    later = forecast_app.test_client().post(FORECAST.path, json=spike, headers=forecast_headers).json
     assert later["triggered"] == [] and later["cooldown"] == ["adservice"]
 
 
@@ -157,16 +152,16 @@ def test_a_window_opened_by_risk_is_not_escalated(
 ):
     cost, forecast = clients
     cost_payload["deployments"][0]["current_usage"]["cpu_cores"] = 1.9  # cpu_utilisation 0.95
-    assert cost.post("/metrics/cost", json=cost_payload, headers=cost_headers).json["triggered"] == ["adservice"]
-    body = forecast.post("/metrics/forecast", json=forecast_peak(forecast_payload, 1.95), headers=forecast_headers).json
+    assert cost.post(COST.path, json=cost_payload, headers=cost_headers).json["triggered"] == ["adservice"]
+    body = forecast.post(FORECAST.path, json=forecast_peak(forecast_payload, 1.95), headers=forecast_headers).json
     assert body["triggered"] == [] and body["cooldown"] == ["adservice"]
     assert len(receiver.messages) == 1
 
 
 def test_waste_never_escalates(clients, cost_headers, forecast_headers, cost_payload, forecast_payload, receiver):
     cost, forecast = clients
-    cost.post("/metrics/cost", json=cost_payload, headers=cost_headers)
-    body = forecast.post("/metrics/forecast", json=forecast_payload, headers=forecast_headers).json  # safe_downscale
+    cost.post(COST.path, json=cost_payload, headers=cost_headers)
+    body = forecast.post(FORECAST.path, json=forecast_payload, headers=forecast_headers).json  # safe_downscale
     assert body["cooldown"] == ["adservice"] and len(receiver.messages) == 1
 
 
@@ -174,23 +169,23 @@ def test_failed_escalation_is_released(
     clients, cost_headers, forecast_headers, cost_payload, forecast_payload, receiver, redis_client
 ):
     cost, forecast = clients
-    cost.post("/metrics/cost", json=cost_payload, headers=cost_headers)
+    cost.post(COST.path, json=cost_payload, headers=cost_headers)
     receiver.status = 500
     spike = forecast_peak(forecast_payload, 1.9)
-    assert forecast.post("/metrics/forecast", json=spike, headers=forecast_headers).json["delivery"] == "failed"
+    assert forecast.post(FORECAST.path, json=spike, headers=forecast_headers).json["delivery"] == "failed"
     assert not redis_client.exists("{trigger:default:adservice}:escalation")
     assert redis_client.exists("trigger:default:adservice")  # the waste window itself was delivered and stays
     receiver.status = 202
-    assert forecast.post("/metrics/forecast", json=spike, headers=forecast_headers).json["delivery"] == "ok"
+    assert forecast.post(FORECAST.path, json=spike, headers=forecast_headers).json["delivery"] == "ok"
 
 
 def test_forecast_against_old_cost_data_is_not_evaluated(
     clients, cost_headers, forecast_headers, cost_payload, forecast_payload
 ):
     cost, forecast = clients
-    cost.post("/metrics/cost", json=cost_payload, headers=cost_headers)
+    cost.post(COST.path, json=cost_payload, headers=cost_headers)
     forecast_payload["timestamp"] = "2024-01-01T13:00:01Z"  # 3601 s after the cost data
-    body = forecast.post("/metrics/forecast", json=forecast_payload, headers=forecast_headers).json
+    body = forecast.post(FORECAST.path, json=forecast_payload, headers=forecast_headers).json
     assert body["not_evaluated"] == [
         {"deployment": "adservice", "why": "cost_state_too_old"},
         {"deployment": "cartservice", "why": "cost_state_too_old"},
@@ -200,18 +195,18 @@ def test_forecast_against_old_cost_data_is_not_evaluated(
 def test_zero_request_is_reported_not_evaluated(clients, cost_headers, cost_payload):
     cost, _ = clients
     cost_payload["deployments"][1]["current_requests"]["cpu_cores"] = 0
-    body = cost.post("/metrics/cost", json=cost_payload, headers=cost_headers).json
+    body = cost.post(COST.path, json=cost_payload, headers=cost_headers).json
     assert body["not_evaluated"] == [{"deployment": "cartservice", "why": "zero_request"}]
 
 
 def test_memory_rules_behind_their_flag(base_config, cost_headers, cost_payload, receiver):
     cost_payload["deployments"][1]["current_usage"]["memory_mb"] = 2000  # 98 % of 2048
     plain = create_cost_app(base_config).test_client()
-    assert plain.post("/metrics/cost", json=cost_payload, headers=cost_headers).json["triggered"] == ["adservice"]
+    assert plain.post(COST.path, json=cost_payload, headers=cost_headers).json["triggered"] == ["adservice"]
     receiver.messages.clear()
     cost_payload["timestamp"] = "2024-01-01T12:00:01Z"
     with_memory = create_cost_app({**base_config, "MEMORY_RULES": "true"}).test_client()
-    body = with_memory.post("/metrics/cost", json=cost_payload, headers=cost_headers).json
+    body = with_memory.post(COST.path, json=cost_payload, headers=cost_headers).json
     assert body["triggered"] == ["cartservice"]
     [item] = receiver.messages[0]["triggers"]
     assert item["reasons"][0]["rule"] == "memory_utilisation"
@@ -222,7 +217,7 @@ def test_failed_deliveries_are_kept_and_printed_by_the_cli(
 ):
     receiver.status = 503
     client = create_cost_app({**base_config, "AGENT_WEBHOOK_BUDGET_SECONDS": "0.5"}).test_client()
-    assert client.post("/metrics/cost", json=cost_payload, headers=cost_headers).json["delivery"] == "failed"
+    assert client.post(COST.path, json=cost_payload, headers=cost_headers).json["delivery"] == "failed"
     [raw] = redis_client.lrange("triggers:default:failed", 0, -1)
     record = json.loads(raw)
     assert record["error"] == "HTTP 503" and record["failed_at"].endswith("Z")

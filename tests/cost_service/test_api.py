@@ -6,12 +6,12 @@ import pytest
 
 from cost_service import create_app
 from devtools.harness import free_port, wait_until
-from shared.web.services import service_of
+from shared.web.services import COST, service_of
 from tests.conftest import FORECAST_TOKEN, auth
 
 
 def post(client, payload, headers, **kwargs):
-    return client.post("/metrics/cost", json=payload, headers=headers, **kwargs)
+    return client.post(COST.path, json=payload, headers=headers, **kwargs)
 
 
 def assert_error_shape(response, status, code):
@@ -151,7 +151,7 @@ def test_every_rotated_token_is_accepted(base_config, cost_payload, receiver):
 )
 def test_malformed_bodies(cost_client, cost_headers, redis_client, body, content_type, status, code):
     headers = {**cost_headers, **({"Content-Type": content_type} if content_type else {})}
-    response = cost_client.post("/metrics/cost", data=body.encode("latin-1"), headers=headers)
+    response = cost_client.post(COST.path, data=body.encode("latin-1"), headers=headers)
     assert_error_shape(response, status, code)
     assert redis_client.dbsize() == 0
 
@@ -185,7 +185,7 @@ def test_oversized_body_is_413_and_writes_nothing(base_config, cost_headers, cos
 
     def post_with_limit(limit):
         client = create_app({**base_config, "MAX_BODY_BYTES": str(limit)}).test_client()
-        return client.post("/metrics/cost", data=body, headers=headers)
+        return client.post(COST.path, data=body, headers=headers)
 
     assert len(body) > 2048
     assert_error_shape(post_with_limit(2048), 413, "PAYLOAD_TOO_LARGE")
@@ -196,7 +196,7 @@ def test_oversized_body_is_413_and_writes_nothing(base_config, cost_headers, cos
 
 
 def test_wrong_method_and_unknown_path(cost_client):
-    response = cost_client.get("/metrics/cost")
+    response = cost_client.get(COST.path)
     assert_error_shape(response, 405, "METHOD_NOT_ALLOWED")
     assert "POST" in response.headers["Allow"]
     assert_error_shape(cost_client.get("/nope"), 404, "NOT_FOUND")

@@ -2,6 +2,8 @@
 
 from datetime import UTC, datetime, timedelta
 
+from shared.web.services import COST
+
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -26,9 +28,9 @@ def test_a_day_of_history_keeps_the_recommendation_from_shrinking_to_one_quiet_s
 ):
     # A day at 1.2 cores (waste 0.4: no rule fires), then one quiet sample at 0.4 cores fires cpu_waste.
     for hour in range(25):
-        body = cost_client.post("/metrics/cost", json=payload(hour, 1.2), headers=cost_headers).json
+        body = cost_client.post(COST.path, json=payload(hour, 1.2), headers=cost_headers).json
         assert body["triggered"] == []
-    body = cost_client.post("/metrics/cost", json=payload(25, 0.4, memory=600), headers=cost_headers).json
+    body = cost_client.post(COST.path, json=payload(25, 0.4, memory=600), headers=cost_headers).json
     assert body["triggered"] == ["adservice"]
     [message] = receiver.messages
     recommendation = message["triggers"][0]["recommendation"]
@@ -48,6 +50,6 @@ def test_a_day_of_history_keeps_the_recommendation_from_shrinking_to_one_quiet_s
     }
 
     # The same payload again: the window holds the trigger back, and the history counts nothing.
-    body = cost_client.post("/metrics/cost", json=payload(25, 0.4, memory=600), headers=cost_headers).json
+    body = cost_client.post(COST.path, json=payload(25, 0.4, memory=600), headers=cost_headers).json
     assert body["cooldown"] == ["adservice"]
     assert redis_client.hget("{app:default:adservice}:history", "samples") == b"26"

@@ -1,10 +1,11 @@
 import pytest
 
+from shared.web.services import COST, FORECAST
 from tests.conftest import COST_TOKEN, auth
 
 
 def post(client, payload, headers):
-    return client.post("/metrics/forecast", json=payload, headers=headers)
+    return client.post(FORECAST.path, json=payload, headers=headers)
 
 
 def test_forecast_without_cost_state_is_stored_but_not_evaluated(
@@ -34,7 +35,7 @@ def test_forecast_merges_with_cost_state_and_triggers_safe_downscale(
 ):
     # Cost state arrives with adservice idle but inside the cost thresholds, so no cost trigger.
     cost_payload["deployments"][0]["current_usage"]["cpu_cores"] = 1.1  # waste 0.45
-    assert cost_client.post("/metrics/cost", json=cost_payload, headers=cost_headers).get_json()["triggered"] == []
+    assert cost_client.post(COST.path, json=cost_payload, headers=cost_headers).get_json()["triggered"] == []
     body = post(forecast_client, forecast_payload, forecast_headers).get_json()
     assert body["triggered"] == ["adservice"] and body["delivery"] == "ok"
     [message] = receiver.messages
@@ -52,7 +53,7 @@ def test_predicted_spike_triggers(
     cost_client, cost_headers, cost_payload, forecast_client, forecast_headers, forecast_payload, receiver
 ):
     cost_payload["deployments"][1]["current_usage"]["cpu_cores"] = 1.0
-    cost_client.post("/metrics/cost", json=cost_payload, headers=cost_headers)
+    cost_client.post(COST.path, json=cost_payload, headers=cost_headers)
     forecast_payload["deployments"][1]["predict_peak_24h"]["cpu_cores"] = 1.4  # > 0.9 * 1.5
     body = post(forecast_client, forecast_payload, forecast_headers).get_json()
     assert "cartservice" in body["triggered"]
@@ -63,9 +64,7 @@ def test_predicted_spike_triggers(
 def test_cooldown_is_shared_with_the_cost_service(
     cost_client, cost_headers, cost_payload, forecast_client, forecast_headers, forecast_payload, receiver
 ):
-    assert cost_client.post("/metrics/cost", json=cost_payload, headers=cost_headers).get_json()["triggered"] == [
-        "adservice"
-    ]
+    assert cost_client.post(COST.path, json=cost_payload, headers=cost_headers).get_json()["triggered"] == ["adservice"]
     body = post(forecast_client, forecast_payload, forecast_headers).get_json()
     assert body["cooldown"] == ["adservice"] and body["triggered"] == []
     assert len(receiver.messages) == 1
