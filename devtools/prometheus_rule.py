@@ -1,7 +1,7 @@
 """Write deploy/k8s/components/prometheus-rule/prometheusrule.yaml from deploy/prometheus/alerts.yml.
 
 The alerts have one source, alerts.yml; the PrometheusRule carries its groups verbatim.
-`make prometheus-rule` runs this, and tests/test_alerts.py fails when the committed file is stale.
+`make prometheus-rule` runs this, and tests/functional/test_alerts.py fails when the committed file is stale.
 """
 
 import sys

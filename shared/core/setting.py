@@ -2,7 +2,7 @@
 
 Core records carry it on their fields (`declared`), so a rule's threshold is declared next to the
 rule; shared.runtime.settings reads every variable through these declarations, and
-tests/test_settings_declared.py checks docs/operations.md's table and the k8s ConfigMap against them.
+tests/project/test_settings_declared.py checks docs/operations.md's table and the k8s ConfigMap against them.
 """
 
 import math

@@ -17,7 +17,7 @@ from shared.delivery.settings import WebhookSettings
 from shared.store.settings import StoreSettings
 
 # The names below are a contract with the people who deploy us: docs/operations.md's configuration
-# table and deploy/k8s/base/configmap.yaml are checked against them (tests/test_settings_declared.py).
+# table and deploy/k8s/base/configmap.yaml are checked against them (tests/project/test_settings_declared.py).
 # Bounds of numbers are inclusive; a comment says why a bound is where it is.
 
 REDIS_URL = Setting(

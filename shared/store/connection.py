@@ -62,7 +62,7 @@ def unavailable_code(exc: BaseException) -> str | None:
 # the history reads, the failed list, the failed-triggers and redeliver commands (GET, PTTL,
 # LREM) and /readyz, PING for the client's health check (health_check_interval), SELECT for a
 # database other than 0, and the key prefixes of shared/store/repository.py. docs/operations.md
-# quotes it and tests/test_redis_acl.py gives a user exactly this rule.
+# quotes it and tests/functional/test_redis_acl.py gives a user exactly this rule.
 MINIMAL_ACL_RULE = (
     "resetkeys ~app:* ~{app:* ~trigger:* ~{trigger:* ~triggers:* ~cluster:* ~{cluster:* resetchannels -@all "
     "+ping +select +evalsha +script|load +get +set +del +exists +ttl +pttl +hget +hmget +hset +hsetnx +hdel "

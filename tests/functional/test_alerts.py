@@ -13,7 +13,7 @@ from devtools.harness import ROOT, GunicornService, PrometheusServer, needs_prom
 from devtools.prometheus_rule import ALERTS, PROMETHEUS_RULE, prometheus_rule
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
-from tests.test_dashboard import queries as dashboard_queries
+from tests.project.test_dashboard import queries as dashboard_queries
 
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
 COMPONENT = ROOT / "deploy" / "k8s" / "components" / "prometheus-rule"

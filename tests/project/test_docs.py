@@ -1,14 +1,13 @@
 """The documentation stays true to the code: every setting is documented, every relative link resolves."""
 
 import re
-from pathlib import Path
 
 import pytest
 
+from devtools.harness import ROOT
 from shared.runtime.gunicorn_settings import WHOLE_NUMBERS
 from shared.runtime.settings import SETTING_NAMES
 
-ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"
 DOCS = sorted(
     [

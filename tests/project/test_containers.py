@@ -53,7 +53,7 @@ def test_the_build_context_leaves_out_git_the_virtualenv_caches_and_tests():
     for path in (
         ".git/HEAD",
         ".venv/bin/python",
-        "tests/test_deploy.py",
+        "tests/project/test_deploy.py",
         "docs/api.md",
         "README.md",
         "shared/__pycache__/web.cpython-311.pyc",

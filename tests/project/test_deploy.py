@@ -16,10 +16,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from devtools.harness import ROOT
 from shared.runtime.settings import DEFAULTS, SETTING_NAMES, ConfigError, parse_settings
 from shared.web import services
 
-ROOT = Path(__file__).resolve().parent.parent
 # The two directories `kubectl kustomize` must render: fixed replicas, and autoscaled.
 BASE, AUTOSCALED = "deploy/k8s", "deploy/k8s/hpa"
 # The oldest Kubernetes minor these manifests promise to work on, and the newest kubernetes-validate knows.

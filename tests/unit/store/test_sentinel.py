@@ -1,7 +1,7 @@
 """Sentinel mode's gap-fillers: the newest epoch believed, and the pool's answer to each failover event.
 
 The Sentinels' answers and events are stand-ins with the formats real Sentinels send; the data
-nodes are real redis-servers. tests/test_sentinel.py runs both against real Sentinels failing over.
+nodes are real redis-servers. tests/functional/test_sentinel.py runs both against real Sentinels failing over.
 """
 
 import fnmatch

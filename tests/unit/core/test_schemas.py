@@ -1,13 +1,13 @@
 import copy
 import json
-from pathlib import Path
 
 import pytest
 from marshmallow import ValidationError, fields
 
+from devtools.harness import ROOT
 from shared.core.schemas import CostPayloadSchema, ForecastPayloadSchema
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 COST = json.loads((FIXTURES / "cost_seed.json").read_text())
 FORECAST = json.loads((FIXTURES / "forecast_seed.json").read_text())
 cost_schema = CostPayloadSchema()

@@ -2,16 +2,16 @@
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from marshmallow import Schema, fields
 
+from devtools.harness import ROOT
 from shared.core.recommend import price, recommend
 from shared.core.rules import Thresholds, evaluate_cost, evaluate_forecast
 from shared.core.trigger import TRIGGER_SCHEMA, TRIGGER_TYPE, TriggerSchema, build_trigger, dumper
 
-API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+API_DOC = ROOT / "docs" / "api.md"
 CLUSTER = {"hourly_cost_gbp": 1.25, "vm_count": 3, "req_cpu_total": 3.5, "req_mem_total": 6144}
 EPISODE = {"id": "3f2c", "opened_at": "2026-11-23T16:54:35Z", "sequence": 2, "notify": "escalation", "changed": []}
 # Memory rules on, and a forecast well below the request: every kind of reason, extras included.

@@ -1,6 +1,6 @@
 """The gthread worker's parts that work in-process: the refusal of a malformed request, and the client read timeout.
 
-tests/test_slow_clients.py runs the same worker under a real gunicorn.
+tests/functional/test_slow_clients.py runs the same worker under a real gunicorn.
 """
 
 import json

@@ -1,17 +1,16 @@
 """Each setting is declared once: docs/operations.md's table and the k8s ConfigMap agree with the declarations."""
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
+from devtools.harness import ROOT
 from shared.core.rules import Thresholds
 from shared.core.setting import declared_settings
 from shared.runtime.gunicorn_settings import GUNICORN_SETTINGS
 from shared.runtime.settings import SETTINGS, THRESHOLD_SETTINGS
 
-ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"
 CONFIG_MAP = ROOT / "deploy" / "k8s" / "base" / "configmap.yaml"
 DECLARED = {setting.name: setting for setting in (*SETTINGS, *GUNICORN_SETTINGS)}

@@ -1,13 +1,13 @@
 """The hash-locked requirements*.lock are compiled from requirements*.txt, and still match them."""
 
 import re
-from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parent.parent
+from devtools.harness import ROOT
+
 # Each source and the lock `make lock` compiles from it.
 LOCKS = {"requirements.txt": "requirements.lock", "requirements-dev.txt": "requirements-dev.lock"}
 # A lock entry: `name==version [; marker] \` at the start of a line, then its hashes on indented lines.

@@ -1,7 +1,8 @@
-"""Fixtures of the state tests: each one runs against one redis-server, a Redis Cluster and Valkey."""
+"""Fixtures of the store's unit tests: a repository over each store (redis-server, Cluster, Valkey), StoreSettings."""
 
 import pytest
 
+from shared.runtime.settings import DEFAULTS, parse_store_settings
 from shared.store.repository import StateRepository
 from shared.store.settings import RedisMode
 
@@ -22,3 +23,9 @@ def mode(store):
 def repo(redis_client, mode):
     """A repository over that client, with a 30-minute cooldown."""
     return StateRepository(redis_client, cooldown_seconds=1800, mode=mode)
+
+
+@pytest.fixture
+def store_settings():
+    """A function giving StoreSettings parsed from the defaults with the settings given as keywords."""
+    return lambda **overrides: parse_store_settings({**DEFAULTS, **overrides})
