@@ -14,6 +14,7 @@ from devtools.harness import (
     FORECAST_TOKEN,
     RedisClusterServers,
     RedisServer,
+    SocketAgent,
     close_cluster_client,
     service_env,
 )
@@ -97,6 +98,20 @@ def store(request, redis_server):
         close_cluster_client(client)
     else:
         client.close()
+
+
+@pytest.fixture
+def agent():
+    """Start socket-level agent stand-ins for a test (agent(mode, ...)): drip, hang, redirect...; all stop after it."""
+    agents = []
+
+    def start(mode, **kwargs):
+        agents.append(SocketAgent(mode, **kwargs).start())
+        return agents[-1]
+
+    yield start
+    for started in agents:
+        started.stop()
 
 
 @pytest.fixture

@@ -47,10 +47,9 @@ def test_each_service_serves_only_its_own_path(cost_client, forecast_client):
     assert forecast_client.post(COST.path, json={}).status_code == 404
 
 
-@pytest.mark.gunicorn
-def test_gunicorn_refuses_to_start_with_one_line(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "PORT": "0", "AGENT_WEBHOOK_URL": "http://127.0.0.1:9/"}
-    done = subprocess.run(
+def start_gunicorn(env):
+    """Run gunicorn on the cost app with only `env`, as the image does, until it exits."""
+    return subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", COST.app],
         cwd=ROOT,
         env=env,
@@ -58,6 +57,12 @@ def test_gunicorn_refuses_to_start_with_one_line(tmp_path):
         text=True,
         timeout=30,
     )
+
+
+@pytest.mark.gunicorn
+def test_gunicorn_refuses_to_start_with_one_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PORT": "0", "AGENT_WEBHOOK_URL": "http://127.0.0.1:9/"}
+    done = start_gunicorn(env)
     assert done.returncode == 1
     assert "Error: COST_ENGINE_TOKEN is required (or COST_ENGINE_TOKEN_FILE)" in done.stderr
     assert "Traceback" not in done.stderr
@@ -75,14 +80,7 @@ def test_gunicorn_refuses_to_start_with_one_line(tmp_path):
 def test_gunicorn_refuses_a_bad_redis_url_with_one_line(url, line):
     env = {"PATH": "/usr/bin:/bin", "PORT": "0", "AGENT_WEBHOOK_URL": "http://127.0.0.1:9/", "REDIS_URL": url}
     env["COST_ENGINE_TOKEN"] = "t" * 20
-    done = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", COST.app],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = start_gunicorn(env)
     assert done.returncode == 1
     errors = [text for text in done.stderr.splitlines() if text.startswith("Error:")]
     assert len(errors) == 1 and errors[0].startswith(line), done.stderr

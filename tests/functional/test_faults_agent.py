@@ -7,25 +7,11 @@ import pytest
 import requests
 
 from cost_service import create_app as create_cost_app
-from devtools.harness import GunicornService, SocketAgent, service_env
+from devtools.harness import GunicornService, service_env
 from shared.web.services import COST, service_of
 from tests.conftest import COST_TOKEN
 
 BUDGET = 1.5
-
-
-@pytest.fixture
-def agent():
-    """Start SocketAgents for a test (agent(mode, ...)); all stop after it."""
-    agents = []
-
-    def start(mode, **kwargs):
-        agents.append(SocketAgent(mode, **kwargs).start())
-        return agents[-1]
-
-    yield start
-    for started in agents:
-        started.stop()
 
 
 def app_for(base_config, url):

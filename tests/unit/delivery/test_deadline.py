@@ -6,24 +6,10 @@ import pytest
 import requests
 
 from devtools.agent_receiver import AgentReceiver
-from devtools.harness import SocketAgent, wait_until
+from devtools.harness import wait_until
 from shared.delivery.deadline import Watchdog, deadline_session
 
 LONG = 60  # seconds: a timeout or deadline that a passing test never reaches
-
-
-@pytest.fixture
-def agent():
-    """Start SocketAgents for a test (agent(mode, ...)); all stop after it."""
-    agents = []
-
-    def start(mode, **kwargs):
-        agents.append(SocketAgent(mode, **kwargs).start())
-        return agents[-1]
-
-    yield start
-    for started in agents:
-        started.stop()
 
 
 class WatchedCall:
