@@ -421,17 +421,17 @@ class StateRepository:
                 stale.append(name)
                 continue
             if type(reply) is list:
-                if len(reply) == 1:
-                    saved.unfetched.add(name)
-                else:
-                    saved.raw_mirrors[name] = reply[1]
+                saved.raw_mirrors[name] = reply[1]
                 if len(reply) > 2:
                     saved.raw_histories[name] = reply[2]
                 reply = reply[0]
+            fields = reply.split(b",")
+            if len(fields) > len(read_back):
+                saved.unfetched.add(name)  # the one more field: in its window, mirror not read
             # What was written is the payload's own numbers; only the rest comes back from Redis.
             state = dict(zip(value_fields, written(row)))
             state[ts_field] = stamp
-            for field_name, raw in zip(read_back, reply.split(b",")):
+            for field_name, raw in zip(read_back, fields):
                 if raw:
                     state[field_name] = decode(raw)
             if "quiet_since" in state:
