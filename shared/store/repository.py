@@ -351,19 +351,17 @@ class StateRepository:
             for item in CLUSTER_ITEMS
         ]
         half_life = self.history_half_life_seconds
-        # Numbers go as they are: the client writes an int with str() and a float with repr() (its
-        # shortest exact form), which is how Redis stores them and decode() reads them back. The
-        # worker, not Redis's one thread, works out each sample's bucket and day. Written out, not
-        # through COST_FIELDS and the key methods: this runs for each of thousands of deployments.
+        # A row's numbers go joined in one argument (see scripts/save_cost.lua), each written with
+        # repr(), as the client writes a number (an int's repr is its str, a float's its shortest
+        # exact form): how Redis stores them and decode() reads them back. The worker, not Redis's
+        # one thread, works out each sample's bucket and day. Written out, not through COST_FIELDS
+        # and the key methods: this runs for each of thousands of deployments.
         rows = [
             Unit(
                 keys,
                 (
-                    row["req_cpu"],
-                    row["req_mem"],
-                    cpu,
-                    row["usage_mem_curr"],
-                    "" if half_life is None else f"cpu:{bucket_index(cpu)}",
+                    f"{row['req_cpu']!r},{row['req_mem']!r},{cpu!r},{row['usage_mem_curr']!r},"
+                    + ("" if half_life is None else f"cpu:{bucket_index(cpu)}"),
                 ),
             )
             for row, keys in zip(deployments, self.app_and_history_keys(namespace, deployments))
@@ -386,7 +384,7 @@ class StateRepository:
         # The usage history is not written here, but read back with the state when an episode may
         # need it (`watch`).
         rows = [
-            Unit(keys, (row["pred_cpu_peak"], row["pred_mem_peak"]))
+            Unit(keys, (f"{row['pred_cpu_peak']!r},{row['pred_mem_peak']!r}",))
             for row, keys in zip(deployments, self.app_and_history_keys(namespace, deployments))
         ]
         episode = self._episode_args(now)
