@@ -69,12 +69,22 @@ class Row:
     round_trips: float | None  # None on a cluster, where the proxy cannot stand between client and nodes
     server_us_per_deployment: float  # Redis time in our scripts (INFO commandstats), per deployment
     peak_rss_mb: float
-    cpu_ms: dict[str, float]  # CPU time per request in the timed runs: "workers", "redis", "ceiling"
+    cpu_ms: dict[str, float]  # CPU time per request in the timed runs: "workers", "redis", "ceiling" (gunicorn's)
 
     @property
     def ratio(self):
         """The service's requests per second over the ceiling's."""
         return self.service.requests_per_second / self.ceiling.requests_per_second
+
+    @property
+    def service_cpu_ms(self):
+        """What one request costs the service in CPU: its workers and its Redis servers."""
+        return self.cpu_ms["workers"] + self.cpu_ms["redis"]
+
+    @property
+    def cpu_ratio(self):
+        """The ceiling's worker CPU per request over the service's (workers and Redis): the goals' measure."""
+        return self.cpu_ms["ceiling"] / self.service_cpu_ms
 
 
 def ensure_wrk():
@@ -233,6 +243,11 @@ def combine(results):
     )
 
 
+def gunicorn_pids(service):
+    """The pids of a gunicorn service: its master and its workers."""
+    return [service.process.pid, *worker_pids(service.process.pid)]
+
+
 def run_case(stack, wrk, mode, store, endpoint, size, workdir):
     """Prime one case, time the service and the ceiling alternately, then count its Redis traffic."""
     timestamp = payload_timestamp()
@@ -259,10 +274,11 @@ def run_case(stack, wrk, mode, store, endpoint, size, workdir):
         # A worker's first requests are slower (lazy imports, cold caches); keep them out of the figures.
         for url in urls.values():
             checked_wrk(wrk, url, script, mode.warmup_seconds)
-    # CPU time from /proc around each run: the service's workers and its Redis servers, or the ceiling's workers.
+    # CPU time from /proc around each run: the service's gunicorn (master and workers) and its Redis
+    # servers, or the ceiling's gunicorn; wrk's own is left out, as it is the same for both.
     measured = {
-        "service": {"workers": worker_pids(service.process.pid), "redis": stack.redis_pids(store)},
-        "ceiling": {"ceiling": worker_pids(stack.ceiling.process.pid)},
+        "service": {"workers": gunicorn_pids(service), "redis": stack.redis_pids(store)},
+        "ceiling": {"ceiling": gunicorn_pids(stack.ceiling)},
     }
     cpu = {"workers": 0.0, "redis": 0.0, "ceiling": 0.0}
     for _ in range(mode.rounds):

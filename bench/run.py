@@ -2,12 +2,13 @@
 
 `make bench` runs this. It starts a redis-server of its own, the agent receiver, the cost and
 forecast services and the ceiling app (bench/ceiling.py), all under the project's gunicorn.conf.py
-on loopback ports, drives them with wrk, prints one markdown table and writes it to
-bench/RESULTS.md. `--quick` runs one-second measurements to smoke-check the harness and writes
-nothing unless `--output` says where. Everything it started is stopped on exit, Ctrl-C included.
+on loopback ports, drives them with wrk, prints its tables (the headline: CPU per request and the
+CPU ratio to the ceiling, per case) and writes them to bench/RESULTS.md. `--quick` runs one-second
+measurements to smoke-check the harness and writes nothing unless `--output` says where.
+Everything it started is stopped on exit, Ctrl-C included.
 
 The parts: bench/payloads.py (what is sent), bench/stack.py (the processes), bench/load.py (wrk
-and the Redis counts per case), bench/report.py (the table, the targets, RESULTS.md).
+and the Redis counts per case), bench/report.py (the tables, the targets, RESULTS.md).
 """
 
 import argparse
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from bench.load import FULL, QUICK, ensure_wrk, run_case
 from bench.payloads import COST, FORECAST, SIZES
-from bench.report import cpu_table, machine, results_markdown, table, target_checks
+from bench.report import machine, results_markdown, table, target_checks, traffic_table
 from bench.stack import STORES, BenchError, Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,9 +53,9 @@ def run(mode, output, sizes=SIZES, stores=STORES):
     print()
     print(table(rows))
     print()
-    print(target_checks(rows))
+    print(traffic_table(rows))
     print()
-    print(cpu_table(rows))
+    print(target_checks(rows))
     print(f"\nbench: {seconds:.0f} s in all; {machine()}; load average before: {load}")
     if output:
         output.write_text(results_markdown(rows, mode, started_at, seconds, load))

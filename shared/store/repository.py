@@ -266,6 +266,13 @@ class StateRepository:
         """The usage history of one deployment, hash-tagged into the slot of its app key."""
         return cls._companion(cls.app_key(namespace, name), "history")
 
+    @classmethod
+    def app_and_history_keys(cls, namespace: str, deployments: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+        """(app key, history key) of each deployment (a loaded row): app_key and history_key for thousands at once."""
+        prefix = cls.app_key(namespace, "")
+        # _companion's spelling, written out: a call per deployment costs more than the rest of this.
+        return [(key, f"{{{key}}}:history") for key in [prefix + row["name"] for row in deployments]]
+
     @staticmethod
     def trigger_key(namespace: str, name: str) -> str:
         """The cooldown key of one deployment."""
@@ -344,17 +351,21 @@ class StateRepository:
             for item in CLUSTER_ITEMS
         ]
         half_life = self.history_half_life_seconds
-        app_key, history_key, values = self.app_key, self.history_key, itemgetter(*COST_FIELDS)
-        # Numbers go as they are: the client writes an int with str() and a float with repr() (its
-        # shortest exact form), which is how Redis stores them and decode() reads them back. The
-        # worker, not Redis's one thread, works out each sample's bucket and day.
+        # A row's numbers go joined in one argument (see scripts/save_cost.lua), each written with
+        # repr(), as the client writes a number (an int's repr is its str, a float's its shortest
+        # exact form): how Redis stores them and decode() reads them back. The worker, not Redis's
+        # one thread, works out each sample's bucket and day. Written out, not through COST_FIELDS
+        # and the key methods: this runs for each of thousands of deployments.
         rows = [
             Unit(
-                (app_key(namespace, name), history_key(namespace, name)),
-                (*values(row), "" if half_life is None else f"cpu:{bucket_index(row['usage_cpu_curr'])}"),
+                keys,
+                (
+                    f"{row['req_cpu']!r},{row['req_mem']!r},{cpu!r},{row['usage_mem_curr']!r},"
+                    + ("" if half_life is None else f"cpu:{bucket_index(cpu)}"),
+                ),
             )
-            for row in deployments
-            for name in (row["name"],)
+            for row, keys in zip(deployments, self.app_and_history_keys(namespace, deployments))
+            for cpu in (row["usage_cpu_curr"],)
         ]
         usage = ("", "") if half_life is None else (int(stamp // WINDOW_SECONDS), half_life)
         episode = self._episode_args(now)
@@ -369,13 +380,12 @@ class StateRepository:
         """Store a loaded forecast payload and read the cluster totals; one script call (per node)."""
         namespace, stamp = payload["namespace"], payload["timestamp"]
         items = [Unit((self.cluster_key(namespace, item),), (), ITEM) for item in CLUSTER_ITEMS]
-        app_key, history_key, values = self.app_key, self.history_key, itemgetter(*FORECAST_FIELDS)
+        deployments = payload["deployments"]
         # The usage history is not written here, but read back with the state when an episode may
         # need it (`watch`).
         rows = [
-            Unit((app_key(namespace, name), history_key(namespace, name)), values(row))
-            for row in payload["deployments"]
-            for name in (row["name"],)
+            Unit(keys, (f"{row['pred_cpu_peak']!r},{row['pred_mem_peak']!r}",))
+            for row, keys in zip(deployments, self.app_and_history_keys(namespace, deployments))
         ]
         episode = self._episode_args(now)
         kept = "0" if self.history_half_life_seconds is None else "1"
@@ -400,27 +410,31 @@ class StateRepository:
         raise_first(replies)
         deployments, stamp, read_back = payload["deployments"], payload["timestamp"], READ_BACK[ts_field]
         saved = SavedPayload()
+        states, stale, quiet = saved.states, saved.stale, saved.quiet
+        # Bound once: this loop runs for each of thousands of deployments.
+        written = itemgetter(*value_fields)
         for row, reply in zip(deployments, replies):
+            name = row["name"]
             if reply == 0:
-                saved.stale.append(row["name"])
+                stale.append(name)
                 continue
-            if isinstance(reply, list):
-                if len(reply) == 1:
-                    saved.unfetched.add(row["name"])
-                else:
-                    saved.raw_mirrors[row["name"]] = reply[1]
+            if type(reply) is list:
+                saved.raw_mirrors[name] = reply[1]
                 if len(reply) > 2:
-                    saved.raw_histories[row["name"]] = reply[2]
+                    saved.raw_histories[name] = reply[2]
                 reply = reply[0]
+            fields = reply.split(b",")
+            if len(fields) > len(read_back):
+                saved.unfetched.add(name)  # the one more field: in its window, mirror not read
             # What was written is the payload's own numbers; only the rest comes back from Redis.
-            state = {name: row[name] for name in value_fields}
+            state = dict(zip(value_fields, written(row)))
             state[ts_field] = stamp
-            for name, raw in zip(read_back, reply.split(b",")):
+            for field_name, raw in zip(read_back, fields):
                 if raw:
-                    state[name] = decode(raw)
+                    state[field_name] = decode(raw)
             if "quiet_since" in state:
-                saved.quiet[row["name"]] = state.pop("quiet_since")
-            saved.states[row["name"]] = state
+                quiet[name] = state.pop("quiet_since")
+            states[name] = state
         saved.cluster = _cluster(replies[len(deployments) :])
         return saved
 

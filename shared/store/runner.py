@@ -78,9 +78,11 @@ def _classify(exc):
 
 
 def _flatten(units, header):
-    keys = [key for unit in units for key in unit.keys]
-    argv = header(units)
-    argv += [arg for unit in units for arg in unit.args]
+    # One pass with list +=: it runs over thousands of units per call.
+    keys, argv = [], header(units)
+    for unit in units:
+        keys += unit.keys
+        argv += unit.args
     return keys, argv
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
 from flask_httpauth import HTTPTokenAuth
-from marshmallow import ValidationError
 
 from shared.core.clock import iso_seconds
 from shared.core.episodes import APPLIED, DEFAULT_NO_CHANGE_SECONDS, MAX_HOLD_SECONDS, NO_CHANGE, SNOOZE
@@ -19,7 +18,7 @@ from shared.core.errors import ApiError
 from shared.core.schemas import DNS_LABEL, DecisionSchema
 from shared.runtime import metrics
 from shared.store.repository import DeploymentView
-from shared.web.api import accepted, invalid, read_json_object, refuse
+from shared.web.api import accepted, invalid, load_body, refuse
 from shared.web.services import service
 
 log = logging.getLogger("aggregator")
@@ -115,10 +114,7 @@ def decision_view(namespace: str, name: str) -> Response:
     svc = service()
     now = time.time()
     _found(namespace, name)
-    try:
-        body = DECISION_SCHEMA.load(read_json_object())
-    except ValidationError as exc:
-        raise invalid(exc.messages) from None
+    body = load_body(DECISION_SCHEMA)
     until = _until(body, now)
     decision, episode_id = body["decision"], body["episode_id"]
     if not svc.aggregator.decide(namespace, name, episode_id, decision, until, body["note"], now):

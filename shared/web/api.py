@@ -2,11 +2,12 @@
 
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask_httpauth import HTTPTokenAuth
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import ClientDisconnected
 
 from shared.core.errors import ApiError
@@ -46,8 +47,8 @@ def invalid(fields: dict[str, Any] | list[Any]) -> ApiError:
     return ApiError(422, "Payload failed validation.", details={"fields": fields})
 
 
-def read_json_object() -> dict[str, Any]:
-    """The request body as a JSON object, or an ApiError saying why it is not one."""
+def read_body() -> bytes:
+    """The raw request body of a JSON request, or an ApiError saying why there is none to parse."""
     if not request.is_json:
         raise ApiError(415, "Content-Type must be application/json.")
     try:
@@ -66,8 +67,13 @@ def read_json_object() -> dict[str, Any]:
         raise
     if too_large:
         raise ApiError(413, "Request body is larger than MAX_BODY_BYTES.")
+    return raw
+
+
+def json_object(raw: bytes, loads: Callable[..., Any]) -> dict[str, Any]:
+    """`raw` parsed by `loads` as a JSON object, or an ApiError saying why it is not one."""
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "Request body is not valid JSON.", details={"reason": str(exc)[:200]}) from None
     if not isinstance(body, dict):
@@ -75,16 +81,28 @@ def read_json_object() -> dict[str, Any]:
     return body
 
 
+def load_body(schema: Schema) -> dict[str, Any]:
+    """The request's JSON object loaded by `schema`, or the ApiError (400, 408, 413, 415, 422) saying why not."""
+    raw = read_body()
+    try:
+        return schema.load(json_object(raw, current_app.json.loads))
+    except ValidationError:
+        pass
+    # The app's parser reads an integer beyond 64 bits as a float (see json_provider.py): the errors
+    # reported are those of the body as the json module reads it.
+    try:
+        return schema.load(json_object(raw, json.loads))
+    except ValidationError as exc:
+        raise invalid(exc.messages) from None
+
+
 @token_auth.login_required
 def ingest_view() -> tuple[Response, int]:
     """Validate the payload, store it, evaluate the rules and trigger the agent when due."""
     svc = service()
-    try:
-        # The parsed body is not kept: a payload of thousands of deployments is megabytes of objects,
-        # and the loaded payload holds all the ingest needs.
-        payload = svc.schema.load(read_json_object())
-    except ValidationError as exc:
-        raise invalid(exc.messages) from None
+    # The parsed body is not kept: a payload of thousands of deployments is megabytes of objects,
+    # and the loaded payload holds all the ingest needs.
+    payload = load_body(svc.schema)
     result = svc.aggregator.ingest(svc.source, payload, g.request_id)
     metrics.record_ingest(svc.package, result)
     g.ingest = result  # for the request's log line

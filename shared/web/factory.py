@@ -8,13 +8,14 @@ from flask import Flask, abort
 
 from shared.runtime import cli, logs, metrics
 from shared.runtime.settings import DEFAULTS, ConfigError, parse_settings, read_environment
-from shared.web import agent_api, api, errors, probes, request_log, services
+from shared.web import agent_api, api, errors, json_provider, probes, request_log, services
 from shared.web.services import ServiceSpec
 
 
 def create_service_app(spec: ServiceSpec, test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build a service app: defaults, then the environment, then test_config on top."""
     app = Flask(spec.package)
+    json_provider.init_app(app)
     app.config.from_mapping(DEFAULTS)
     app.config.from_mapping(read_environment())
     app.config.from_mapping(test_config or {})

@@ -7,10 +7,12 @@
 -- `got` is the row's HMGET from before the write: its own timestamp field, then the fields read
 -- back up to index n (the last two of them last_trigger and quiet_since), then `watch`. The
 -- fields read back are one comma-joined string ('' where absent). A row whose app hash holds no
--- episode mirror (no `watch`) answers that string; one that does answers {that string} inside
--- its running window (a waste rule is held there without the mirror), else {that string, the
--- mirror}, with the usage history's fields third when `histories` are kept and `watch` (the time
--- from which the episode may need the recommendation) has come. `always`: send every mirror.
+-- episode mirror (no `watch`) answers that string; one that does answers that string with one
+-- more field, '-', inside its running window (a waste rule is held there without the mirror: a
+-- string, not a table, as most firing rows are there and a table per row costs Redis and the
+-- client more), else {that string, the mirror}, with the usage history's fields third when
+-- `histories` are kept and `watch` (the time from which the episode may need the
+-- recommendation) has come. `always`: send every mirror.
 local function saved_state(got, n, app, history, now, cooldown, always, histories)
   for j = 2, n do
     if not got[j] then
@@ -33,5 +35,5 @@ local function saved_state(got, n, app, history, now, cooldown, always, historie
     end
     return {joined, mirror}
   end
-  return {joined}
+  return joined .. ',-'
 end
