@@ -3,9 +3,12 @@
 tests/functional/test_slow_clients.py runs the same worker under a real gunicorn.
 """
 
+import ctypes
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,7 +17,14 @@ from gunicorn.http import errors as http_errors
 from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import ThreadWorker as GunicornThreadWorker
 
-from shared.runtime.gunicorn_worker import ClientReadTimeout, ThreadWorker, client_error_status, error_response
+from devtools.harness import ROOT
+from shared.runtime.gunicorn_worker import (
+    WORKER_MALLOC_ARENAS,
+    ClientReadTimeout,
+    ThreadWorker,
+    client_error_status,
+    error_response,
+)
 
 READ_TIMEOUT = 0.2
 
@@ -175,3 +185,46 @@ def test_a_connection_queued_again_keeps_its_socket(worker, enqueued):
 
     worker.enqueue_req(Connection())
     assert type(enqueued) is timed_class and timed_class.read_timeout == READ_TIMEOUT
+
+
+# Eight threads allocate at once (objects over 512 bytes come from malloc, not Python's own
+# allocator), then glibc's malloc_stats() prints one "Arena N:" line per arena to stderr.
+ARENA_PROBE = """
+import ctypes, sys, threading
+from shared.runtime.gunicorn_worker import WORKER_MALLOC_ARENAS, limit_malloc_arenas
+print(limit_malloc_arenas(WORKER_MALLOC_ARENAS) if sys.argv[1] == "capped" else None)
+barrier = threading.Barrier(8)
+held = []
+def allocate():
+    barrier.wait()
+    held.append([bytes(2000) for _ in range(200)])
+    barrier.wait()
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+ctypes.CDLL(None).malloc_stats()
+"""
+
+
+def arenas_after_eight_threads(mode, **env):
+    done = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, mode],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip(), sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_stats"), reason="not glibc: no malloc arenas to cap")
+def test_a_worker_caps_the_malloc_arenas_its_threads_may_take():
+    # Uncapped, glibc gives each thread that allocates at once an arena of its own.
+    assert arenas_after_eight_threads("default")[1] > WORKER_MALLOC_ARENAS
+    assert arenas_after_eight_threads("capped") == ("True", WORKER_MALLOC_ARENAS)
+    # An operator's MALLOC_ARENA_MAX stays in force: glibc read it at start-up, and we leave it.
+    assert arenas_after_eight_threads("capped", MALLOC_ARENA_MAX="4") == ("False", 4)
