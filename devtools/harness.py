@@ -502,6 +502,24 @@ class RedisSentinelSet:
 
     def start(self):
         """Start the servers and Sentinels; wait until every Sentinel knows the replica and the other two."""
+        try:
+            return self._start()
+        except BaseException:
+            # Nothing the set started may outlive a failed start (the next test would meet it).
+            self.stop()
+            raise
+
+    def _diagnosis(self, seen):
+        """Per Sentinel: (replicas, other Sentinels) it last reported, or its exit code, and its log's tail."""
+        parts = []
+        for index, (port, process) in enumerate(zip(self.sentinel_ports, self.sentinel_processes)):
+            log = self.workdir / f"sentinel-{port}" / "sentinel.log"
+            tail = log.read_text(errors="replace").splitlines()[-3:] if log.exists() else []
+            status = f"exited {process.returncode}" if process.poll() is not None else f"saw {seen.get(index)}"
+            parts.append(f"sentinel {port} {status}, log: {' | '.join(tail)}")
+        return "; ".join(parts)
+
+    def _start(self):
         self.primary.start()
         self.replica = self._server("replica", ("--replicaof", "127.0.0.1", str(self.primary.data_port))).start()
         if not wait_until(lambda: self.replica.client().info("replication")["master_link_status"] == "up"):
@@ -524,18 +542,22 @@ class RedisSentinelSet:
                 requirepass=self.sentinel_password,
                 tls={**self.tls, "tls_port": own} if self.tls else None,
             )
-            self.sentinel_processes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            # Each Sentinel's log stays in its workdir, for the error below to quote.
+            with open(workdir / "sentinel.log", "wb") as log:
+                self.sentinel_processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
         others = len(self.sentinel_ports) - 1
+        seen = {}
 
         def settled():
             for index in range(len(self.sentinel_ports)):
                 state = self.sentinel(index).sentinel_master(self.master_name)
+                seen[index] = (state["num-slaves"], state["num-other-sentinels"])
                 if state["num-slaves"] < 1 or state["num-other-sentinels"] < others:
                     return False
             return True
 
         if not wait_until(settled, timeout=30, interval=0.2):
-            raise RuntimeError("the Sentinels did not discover the replica and each other")
+            raise RuntimeError(f"the Sentinels did not discover the replica and each other: {self._diagnosis(seen)}")
         return self
 
     def server_on(self, port):
