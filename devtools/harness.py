@@ -63,6 +63,18 @@ def wait_until(check, timeout=10.0, interval=0.05):
         time.sleep(interval)
 
 
+def read_http_response(sock):
+    """One HTTP response read off a socket up to its Content-Length, or what came before the peer closed."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+        head, found, body = data.partition(b"\r\n\r\n")
+        lengths = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+        if found and lengths and len(body) >= int(lengths[0].split(b":")[1]):
+            break
+    return data
+
+
 def service_env(redis_url, webhook_url, **overrides):
     """Test service settings: its Redis, the agent's webhook, both callers' tokens, then `overrides` (None: unset)."""
     env = {

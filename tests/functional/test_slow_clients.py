@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from devtools.harness import GunicornService, service_env
+from devtools.harness import GunicornService, read_http_response, service_env
 from shared.web.services import COST
 from tests.conftest import COST_TOKEN
 
@@ -31,18 +31,6 @@ def service(redis_server, redis_client, receiver, tmp_path):
 
 def connect(service):
     return socket.create_connection(("127.0.0.1", service.port), timeout=10)
-
-
-def read_reply(sock):
-    """One response (up to its Content-Length), or what came before the server closed the connection."""
-    reply = b""
-    while chunk := sock.recv(65536):
-        reply += chunk
-        head, found, body = reply.partition(b"\r\n\r\n")
-        lengths = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
-        if found and lengths and len(body) >= int(lengths[0].split(b":")[1]):
-            break
-    return reply
 
 
 def json_reply(reply):
@@ -73,12 +61,12 @@ def test_stalled_clients_starve_neither_probes_nor_ingest(service, cost_payload)
         assert response.status_code == 201
         # The stalled clients are cut at the read timeout: a half-sent body gets a 408, half-sent headers a close.
         for sock in half_bodies:
-            status, head, error = json_reply(read_reply(sock))
+            status, head, error = json_reply(read_http_response(sock))
             assert status.startswith("HTTP/1.1 408 ")
             assert error["error"]["code"] == "REQUEST_TIMEOUT" and "X-Request-ID" in head
         assert time.monotonic() - started < READ_TIMEOUT + 1
         for sock in half_headers:
-            assert read_reply(sock) == b""
+            assert read_http_response(sock) == b""
         # Half-sent headers are cut too, by the read timeout or by gunicorn's own 5 s waits for a
         # connection's bytes (seen between 2 and 8 s here): bounded either way.
         assert time.monotonic() - started < 10
@@ -97,7 +85,7 @@ def test_a_chunked_body_over_the_limit_is_413_and_writes_nothing(service, redis_
                 + b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for chunk in chunks)
                 + b"0\r\n\r\n"
             )
-            return json_reply(read_reply(sock))
+            return json_reply(read_http_response(sock))
 
     valid = json.dumps(cost_payload).encode()
     # A valid payload followed by spaces: whitespace JSON allows, so only the size can refuse it.
@@ -130,7 +118,7 @@ def test_requests_gunicorn_refuses_get_the_json_error_shape(service, redis_clien
             + f"{AUTH if b'Authorization' not in header else ''}Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        status, head, error = json_reply(read_reply(sock))
+        status, head, error = json_reply(read_http_response(sock))
     assert status.startswith("HTTP/1.1 400 ")
     assert "Content-Type: application/json" in head
     assert error["error"]["code"] == "BAD_REQUEST"

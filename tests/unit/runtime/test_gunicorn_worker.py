@@ -17,7 +17,7 @@ from gunicorn.http import errors as http_errors
 from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import ThreadWorker as GunicornThreadWorker
 
-from devtools.harness import ROOT
+from devtools.harness import ROOT, read_http_response
 from shared.runtime.gunicorn_worker import (
     WORKER_MALLOC_ARENAS,
     ClientReadTimeout,
@@ -72,18 +72,6 @@ def parse_response(raw):
     return status_line, headers, json.loads(body)
 
 
-def read_response(peer):
-    """One response, read up to its Content-Length."""
-    data = b""
-    while chunk := peer.recv(65536):
-        data += chunk
-        head, found, body = data.partition(b"\r\n\r\n")
-        lengths = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
-        if found and lengths and len(body) >= int(lengths[0].split(b":")[1]):
-            break
-    return data
-
-
 def test_the_refusal_is_a_whole_response_in_the_json_error_shape():
     status_line, headers, body = parse_response(error_response(431, "Malformed HTTP request (X); nothing was done."))
     assert status_line == "HTTP/1.1 431 Request Header Fields Too Large"
@@ -119,7 +107,7 @@ def test_the_status_of_each_refusal(exc, status):
 def test_a_malformed_request_gets_the_json_shape_without_the_offending_header(worker, client_and_peer):
     client, peer = client_and_peer
     worker.handle_error(None, client, ("10.0.0.9", 40000), http_errors.InvalidHeader("X-Token: secret-token"))
-    status_line, _, body = parse_response(read_response(peer))
+    status_line, _, body = parse_response(read_http_response(peer))
     assert status_line == "HTTP/1.1 400 Bad Request" and body["error"]["code"] == "BAD_REQUEST"
     assert body["error"]["message"] == "Malformed HTTP request (InvalidHeader); nothing was done."
     assert worker.log.lines == ["Invalid request from ip=10.0.0.9: InvalidHeader"]
