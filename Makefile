@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock run test test-fast lint fmt clean redis-server valkey-server promtool bench prometheus-rule backtest episodes
+.PHONY: help venv lock run test test-fast lint fmt clean redis-server valkey-server promtool bench profile prometheus-rule backtest episodes
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -116,6 +116,9 @@ clean: ## Remove caches (keeps .venv; rm -rf .venv to start over)
 
 bench: $(DEV_STAMP) redis-server ## Benchmark both ingest endpoints against a bare-Flask ceiling (a few minutes; writes bench/RESULTS.md)
 	$(BIN)/python -m bench.run
+
+profile: $(DEV_STAMP) redis-server ## Where a steady-state ingest's CPU goes per deployment, worker steps and Redis calls, in-process (under a minute; writes bench/PROFILE.md)
+	$(BIN)/python -m bench.profile
 
 prometheus-rule: ## Regenerate the PrometheusRule of deploy/k8s/components from deploy/prometheus/alerts.yml
 	$(PYTHON) -m devtools.prometheus_rule

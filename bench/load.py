@@ -1,6 +1,5 @@
 """Load and counting: prime a case, time it with wrk against the ceiling, count its Redis traffic."""
 
-import json
 import os
 import re
 import shutil
@@ -9,16 +8,7 @@ from dataclasses import dataclass
 
 import requests
 
-from bench.payloads import (
-    COST,
-    FORECAST,
-    cost_payload,
-    firing_count,
-    forecast_payload,
-    namespace,
-    payload_timestamp,
-    wrk_script,
-)
+from bench.payloads import COST, FORECAST, case_bodies, firing_count, namespace, wrk_script
 from bench.stack import WORKERS, BenchError, cpu_seconds, worker_pids, workers_peak_rss_mb
 
 WRK_THREADS = 2
@@ -250,16 +240,8 @@ def gunicorn_pids(service):
 
 def run_case(stack, wrk, mode, store, endpoint, size, workdir):
     """Prime one case, time the service and the ceiling alternately, then count its Redis traffic."""
-    timestamp = payload_timestamp()
     ns = namespace(endpoint, size)
-    if endpoint is COST:
-        payload = cost_payload(ns, size, timestamp)
-        bodies = {"payload": json.dumps(payload)}
-    else:
-        bodies = {
-            "seed": json.dumps(cost_payload(ns, size, timestamp, waste_rule=False)),
-            "payload": json.dumps(forecast_payload(ns, size, timestamp)),
-        }
+    bodies = case_bodies(endpoint, size)
     body_path = workdir / f"{store}-{ns}.json"
     body_path.write_text(bodies["payload"])
     script = workdir / f"{store}-{ns}.lua"

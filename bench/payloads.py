@@ -1,5 +1,6 @@
 """The benchmark's payloads: one namespace per case, all but every tenth deployment firing a rule."""
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -94,6 +95,17 @@ def forecast_payload(ns, size, timestamp):
         peak = 0.8 if is_quiet(i) else round(0.55 + (i % 5) * 0.1, 2)
         deployments.append({"name": f"app-{i}", "predict_peak_24h": {"cpu_cores": peak, "memory_mb": 2048}})
     return {"source": "forecast", "timestamp": timestamp, "namespace": ns, "deployments": deployments}
+
+
+def case_bodies(endpoint, size):
+    """A case's bodies: "payload", the one measured; for the forecast, "seed", the cost payload it needs first."""
+    ns, timestamp = namespace(endpoint, size), payload_timestamp()
+    if endpoint is COST:
+        return {"payload": json.dumps(cost_payload(ns, size, timestamp))}
+    return {
+        "seed": json.dumps(cost_payload(ns, size, timestamp, waste_rule=False)),
+        "payload": json.dumps(forecast_payload(ns, size, timestamp)),
+    }
 
 
 def wrk_script(body_path, token):

@@ -61,6 +61,19 @@ def workers_peak_rss_mb(service):
     return max(peak_rss_mb(pid) for pid in pids)
 
 
+def service_settings(redis_url, webhook_url, sizes=SIZES):
+    """The services' settings in every benchmark: its tokens, the namespaces of `sizes`, the cooldown, quiet logs."""
+    return {
+        "REDIS_URL": redis_url,
+        "AGENT_WEBHOOK_URL": webhook_url,
+        **{e.spec.token_setting: e.token for e in (COST, FORECAST)},
+        "COOLDOWN_SECONDS": str(COOLDOWN_SECONDS),
+        "ALLOWED_NAMESPACES": ",".join(namespace(e, size) for e in (COST, FORECAST) for size in sizes),
+        # Request logs at INFO would make the benchmark measure writing to a pipe.
+        "LOG_LEVEL": "WARNING",
+    }
+
+
 class Stack:
     """Redis, the agent receiver, the services, their counted twins and the ceiling; stop() undoes start()."""
 
@@ -85,15 +98,7 @@ class Stack:
         self._started.append(self.receiver.start())
         self.proxy = CountingProxy(self.redis_server.port)
         self._started.append(self.proxy.start())
-        env = {
-            "REDIS_URL": self.redis_server.url,
-            "AGENT_WEBHOOK_URL": self.receiver.url,
-            **{e.spec.token_setting: e.token for e in (COST, FORECAST)},
-            "COOLDOWN_SECONDS": str(COOLDOWN_SECONDS),
-            "ALLOWED_NAMESPACES": ",".join(namespace(e, size) for e in (COST, FORECAST) for size in SIZES),
-            # Request logs at INFO would make the benchmark measure writing to a pipe.
-            "LOG_LEVEL": "WARNING",
-        }
+        env = service_settings(self.redis_server.url, self.receiver.url)
         apps = {e.name: e.spec.app for e in (COST, FORECAST)}
         for name, app in apps.items():
             self.services["redis", name] = self._gunicorn(app, env, WORKERS, f"{name}.log")
