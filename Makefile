@@ -117,7 +117,7 @@ clean: ## Remove caches (keeps .venv; rm -rf .venv to start over)
 bench: $(DEV_STAMP) redis-server ## Benchmark both ingest endpoints against a bare-Flask ceiling (a few minutes; writes bench/RESULTS.md)
 	$(BIN)/python -m bench.run
 
-profile: $(DEV_STAMP) redis-server ## Where a steady-state ingest's CPU goes per deployment, worker steps and Redis calls, in-process (under a minute; writes bench/PROFILE.md)
+profile: $(DEV_STAMP) redis-server ## Where a steady-state ingest's CPU goes at 2 and 500 deployments: worker steps, Redis calls, one round trip (about a minute; writes bench/PROFILE.md)
 	$(BIN)/python -m bench.profile
 
 prometheus-rule: ## Regenerate the PrometheusRule of deploy/k8s/components from deploy/prometheus/alerts.yml

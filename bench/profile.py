@@ -11,8 +11,10 @@ firing deployment in its cooldown), and times:
 - Redis: its CPU (from /proc) and its time inside the save script (INFO commandstats), then the floor
   of that script, its per-deployment Redis calls run one more at a time on copies of the same keys.
 
-It prints a table per endpoint and writes bench/PROFILE.md (or `--output`). Figures are microseconds
-of CPU per deployment, so that sizes compare; the goal's budget is the ceiling's CPU over the goal.
+A round trip of an empty script through a service's own client shows what any request that writes
+Redis pays before its first deployment. It prints a table per endpoint and size (2 and 500
+deployments by default) and writes bench/PROFILE.md (or `--output`). Figures are microseconds of
+CPU per request and per deployment; the goal's budget is the ceiling's CPU over the goal.
 """
 
 import argparse
@@ -37,8 +39,10 @@ from shared.web.services import SERVICES, service_of
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "bench" / "PROFILE.md"
-GOAL_SIZE = 500
+SIZES = (2, 500)
 ROUNDS = 5
+# Enough calls per batch for redis-server's CPU, read from /proc in 10 ms clock ticks, to count.
+ROUND_TRIP_BATCHES, ROUND_TRIP_CALLS = 5, 2000
 # What each endpoint's save reads and writes of a deployment (shared/store/repository.py's lists):
 # its timestamp field, the fields it writes, and whether it reads the usage history.
 SAVES = {
@@ -70,13 +74,14 @@ class StepTimer:
 
 @dataclass
 class Profile:
-    """One endpoint's figures, in µs of CPU per deployment."""
+    """One endpoint at one size, in µs of CPU per request."""
 
     endpoint: str
     deployments: int
-    worker: dict[str, float] = field(default_factory=dict)  # step -> µs/deployment, in order
-    redis: dict[str, float] = field(default_factory=dict)  # part -> µs/deployment, in order
-    ceiling: float = 0.0  # the ceiling's request, µs/deployment
+    requests: int
+    worker: dict[str, float] = field(default_factory=dict)  # step -> µs, in order
+    redis: dict[str, float] = field(default_factory=dict)  # part -> µs, in order
+    ceiling: float = 0.0  # the ceiling's whole request
 
     @property
     def worker_total(self):
@@ -87,6 +92,11 @@ class Profile:
     def redis_total(self):
         """redis-server's CPU for the request."""
         return self.redis["redis-server CPU"]
+
+
+def _create_app(spec, settings):
+    """The service of `spec` built by its own create_app() with `settings` (environment variable values)."""
+    return import_module(spec.package).create_app(settings)
 
 
 def _post(client, endpoint, body):
@@ -100,8 +110,13 @@ def _post(client, endpoint, body):
     return response.get_json()
 
 
-def _cpu_per(seconds, requests, deployments):
-    return 1e6 * seconds / requests / deployments
+def _per_request(seconds, requests):
+    return 1e6 * seconds / requests
+
+
+def default_requests(size):
+    """Steady-state requests timed per endpoint: more for small payloads, whose requests are short."""
+    return max(200, min(4000, 200_000 // size))
 
 
 def _instrument(app, timer):
@@ -176,7 +191,7 @@ def _floor_steps(endpoint):
 
 
 def _redis_floor(client, endpoint, size, repeat):
-    """µs of script time per deployment for each step of _floor_steps, on copies of the case's keys."""
+    """µs of script time per request for each step of _floor_steps, on copies of the case's keys."""
     ns = namespace(endpoint, size)
     keys = []
     for index in range(size):
@@ -194,7 +209,7 @@ def _redis_floor(client, endpoint, size, repeat):
         before = _script_usec(client)
         for _ in range(repeat):
             script(keys, argv)
-        floors[label] = (_script_usec(client) - before) / repeat / size
+        floors[label] = (_script_usec(client) - before) / repeat
     client.delete(*keys)
     return floors
 
@@ -206,7 +221,7 @@ def _script_usec(client):
 def profile_endpoint(redis_server, receiver_url, endpoint, size, repeat):
     """Prime one endpoint at `size` deployments in-process, then time `repeat` steady-state requests."""
     settings = service_settings(redis_server.url, receiver_url, sizes=(size,))
-    apps = {spec.name: import_module(spec.package).create_app(settings) for spec in SERVICES}
+    apps = {spec.name: _create_app(spec, settings) for spec in SERVICES}
     bodies = case_bodies(endpoint, size)
     if "seed" in bodies:
         _post(apps[COST.name].test_client(), COST, bodies["seed"])
@@ -251,83 +266,126 @@ def profile_endpoint(redis_server, receiver_url, endpoint, size, repeat):
     schema = _time_calls(svc.schema.load, parsed, done)
     steps = _worker_steps(timer.seconds, parse, schema)
 
-    result = Profile(endpoint.name, size)
-    result.worker = {name: _cpu_per(seconds, done, size) for name, seconds in steps.items()}
+    result = Profile(endpoint.name, size, done)
+    result.worker = {name: _per_request(seconds, done) for name, seconds in steps.items()}
     result.redis = {
-        "redis-server CPU": _cpu_per(redis_seconds, done, size),
-        "of which the save script": usec / done / size,
+        "redis-server CPU": _per_request(redis_seconds, done),
+        "of which the save script": usec / done,
         **_redis_floor(redis_client, endpoint, size, done),
     }
-    result.ceiling = _cpu_per(timer.seconds["ceiling"], done, size)
+    result.ceiling = _per_request(timer.seconds["ceiling"], done)
     return result
 
 
-def report(profiles):
-    """The tables, as markdown."""
-    lines = []
+def round_trip(redis_server, receiver_url, batches=ROUND_TRIP_BATCHES, calls=ROUND_TRIP_CALLS):
+    """An empty script called through a service's own client: µs of this thread's CPU and of redis-server's
+    per call, each the least over `batches` batches (the one other work on the machine disturbed least)."""
+    app = _create_app(COST.spec, service_settings(redis_server.url, receiver_url))
+    script = service_of(app).aggregator.repository.redis.register_script("return 1")
+    script()
+    client, server = [], []
+    for _ in range(batches):
+        started, redis_before = time.thread_time(), cpu_seconds([redis_server.process.pid])
+        for _ in range(calls):
+            script()
+        client.append(_per_request(time.thread_time() - started, calls))
+        server.append(_per_request(cpu_seconds([redis_server.process.pid]) - redis_before, calls))
+    return min(client), min(server)
+
+
+def _rows(figures, deployments):
+    return [f"| {name} | {value:.1f} | {value / deployments:.2f} |" for name, value in figures.items()]
+
+
+def report(profiles, trip):
+    """The tables, as markdown; `trip` is round_trip()'s answer."""
+    lines = [
+        f"One round trip, an empty script through a service's own client: {trip[0]:.1f} µs of the worker's CPU "
+        f"and {trip[1]:.1f} µs of redis-server's (the least of {ROUND_TRIP_BATCHES} batches of {ROUND_TRIP_CALLS}).",
+        "",
+    ]
     for result in profiles:
-        goal = CPU_RATIO_GOALS.get(result.deployments)
+        size = result.deployments
+        goal = CPU_RATIO_GOALS.get(size)
         total = result.worker_total + result.redis_total
         lines += [
-            f"### {result.endpoint} at {result.deployments} deployments",
+            f"### {result.endpoint} at {size} deployments ({result.requests} requests)",
             "",
-            "| worker step | µs CPU per deployment |",
-            "|---|---:|",
-            *(f"| {name} | {value:.2f} |" for name, value in result.worker.items()),
+            "| worker step | µs CPU per request | per deployment |",
+            "|---|---:|---:|",
+            *_rows(result.worker, size),
             "",
-            "| Redis | µs per deployment |",
-            "|---|---:|",
-            *(f"| {name} | {value:.2f} |" for name, value in result.redis.items()),
+            "| Redis | µs per request | per deployment |",
+            "|---|---:|---:|",
+            *_rows(result.redis, size),
             "",
-            f"- the ceiling's whole request: {result.ceiling:.2f} µs per deployment;",
-            f"- worker and redis-server together: {total:.2f} µs, a CPU ratio in-process of "
-            f"{result.ceiling / total:.3f}",
+            f"- the ceiling's whole request: {result.ceiling:.1f} µs ({result.ceiling / size:.2f} per deployment);",
+            f"- worker and redis-server together: {total:.1f} µs ({total / size:.2f} per deployment), a CPU ratio "
+            f"in-process of {result.ceiling / total:.3f}",
         ]
         if goal:
-            lines[-1] += f"; the goal ({goal}) allows {result.ceiling / goal:.2f} µs."
+            allowed = result.ceiling / goal
+            lines[-1] += f"; the goal ({goal}) allows {allowed:.1f} µs ({allowed / size:.2f} per deployment)."
         else:
             lines[-1] += "."
         lines.append("")
     return "\n".join(lines)
 
 
-def run(size, repeat, output):
-    """Profile both endpoints; print the report and write it to `output` (None: print only)."""
+def run(sizes, requests, output):
+    """Profile both endpoints at each size; print the report and write it to `output` (None: print only).
+
+    `requests`: how many steady-state requests per endpoint and size; None for default_requests(size).
+    """
     started = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="aggregator-profile-") as tmp:
         redis_server = RedisServer(Path(tmp)).start()
         receiver = AgentReceiver().start()
         try:
+            trip = round_trip(redis_server, receiver.url)
             profiles = [
-                profile_endpoint(redis_server, receiver.url, endpoint, size, repeat) for endpoint in (COST, FORECAST)
+                profile_endpoint(redis_server, receiver.url, endpoint, size, requests or default_requests(size))
+                for size in sizes
+                for endpoint in (COST, FORECAST)
             ]
         finally:
             receiver.stop()
             redis_server.stop()
-    text = report(profiles)
+    text = report(profiles, trip)
     print(text)
     if output:
         output.write_text(
             "# Ingest profile\n\n"
-            f"Written by `make profile` (bench/profile.py) on {started:%Y-%m-%d %H:%M} UTC: {repeat} steady-state "
-            f"requests per endpoint, in-process.\nMachine: {machine()}.\n\n{text}"
+            f"Written by `make profile` (bench/profile.py) on {started:%Y-%m-%d %H:%M} UTC, in-process, "
+            f"in the benchmark's steady state.\nMachine: {machine()}.\n\n{text}"
         )
         print(f"profile: wrote {output}")
     return profiles
 
 
+def _sizes(text):
+    """An argparse type: comma-separated payload sizes, each 1 to 2000."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not sizes or not all(1 <= size <= 2000 for size in sizes):
+        raise argparse.ArgumentTypeError("give sizes of 1 to 2000 deployments")
+    return sizes
+
+
 def main(argv=None):
-    """`python -m bench.profile [--deployments N] [--requests N] [--output PATH]`."""
+    """`python -m bench.profile [--sizes 2,500] [--requests N] [--output PATH]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--deployments", type=int, default=GOAL_SIZE, help="deployments per payload")
-    parser.add_argument("--requests", type=int, default=200, help="steady-state requests timed per endpoint")
+    parser.add_argument("--sizes", type=_sizes, default=SIZES, help="deployments per payload, comma-separated")
+    parser.add_argument("--requests", type=int, help="steady-state requests timed per endpoint and size")
     parser.add_argument("--output", default=str(OUTPUT), help="where to write the report ('': nowhere)")
     args = parser.parse_args(argv)
-    if not 1 <= args.deployments <= 2000 or args.requests < 1:
-        parser.error("--deployments must be 1 to 2000 and --requests at least 1")
+    if args.requests is not None and args.requests < 1:
+        parser.error("--requests must be at least 1")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     try:
-        run(args.deployments, args.requests, Path(args.output) if args.output else None)
+        run(args.sizes, args.requests, Path(args.output) if args.output else None)
     except BenchError as exc:
         print(f"profile: {exc}", file=sys.stderr)
         return 1

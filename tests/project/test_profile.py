@@ -6,7 +6,7 @@ from bench.payloads import COST, FORECAST
 
 def test_every_step_is_timed_on_the_request_path_and_reported(tmp_path):
     output = tmp_path / "PROFILE.md"
-    profiles = profile.run(size=5, repeat=5, output=output)
+    profiles = profile.run(sizes=(5,), requests=5, output=output)
 
     assert [(result.endpoint, result.deployments) for result in profiles] == [(COST.name, 5), (FORECAST.name, 5)]
     for result in profiles:
@@ -20,6 +20,6 @@ def test_every_step_is_timed_on_the_request_path_and_reported(tmp_path):
         assert all(value > 0 for value in list(result.redis.values())[1:]), result.redis
         assert result.ceiling > 0
     text = output.read_text()
-    assert "### cost at 5 deployments" in text and "### forecast at 5 deployments" in text
+    assert "### cost at 5 deployments (5 requests)" in text and "### forecast at 5 deployments (5 requests)" in text
     assert "those + HMGET of 5 usage history fields" in text  # the cost save reads the history; the forecast's does not
     assert text.count("usage history fields") == 1
