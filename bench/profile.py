@@ -1,4 +1,4 @@
-"""Where a steady-state ingest's CPU goes, per deployment: the worker's steps and Redis's calls (`make profile`).
+"""Where a steady-state ingest's CPU goes: the worker's steps and Redis's calls (`make profile`).
 
 `make bench` says how far the CPU ratio is from its goal; this says where the CPU goes and what is
 left at the floor. It runs each service and the ceiling in this process through Flask's test client,
@@ -29,12 +29,12 @@ from importlib import import_module
 from pathlib import Path
 
 from bench.ceiling import create_app as create_ceiling
-from bench.payloads import COST, FORECAST, case_bodies, firing_count, namespace
+from bench.payloads import COST, FORECAST, case_bodies, firing_count
 from bench.report import CPU_RATIO_GOALS, machine
 from bench.stack import BenchError, cpu_seconds, service_settings
 from devtools.agent_receiver import AgentReceiver
 from devtools.harness import RedisServer
-from shared.store.repository import COST_FIELDS, FORECAST_FIELDS, READ_BACK
+from shared.store.repository import COST_FIELDS, FORECAST_FIELDS, READ_BACK, StateRepository
 from shared.web.services import SERVICES, service_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ def default_requests(size):
 
 
 def _instrument(app, timer):
-    """Wrap the app's steps on the instances that run them; return the step labels in order."""
+    """Wrap the app's steps, each on the instance that runs it, with `timer`."""
     svc = service_of(app)
     aggregator, repository = svc.aggregator, svc.aggregator.repository
     app.wsgi_app = timer.wrap("request", app.wsgi_app)
@@ -190,15 +190,16 @@ def _floor_steps(endpoint):
     return steps
 
 
-def _redis_floor(client, endpoint, size, repeat):
-    """µs of script time per request for each step of _floor_steps, on copies of the case's keys."""
-    ns = namespace(endpoint, size)
+def _redis_floor(client, endpoint, payload, repeat):
+    """µs of script time per request for each step of _floor_steps, on copies of the payload's keys."""
     keys = []
-    for index in range(size):
-        app = f"app:{ns}:app-{index}"
+    originals = StateRepository.app_and_history_keys(payload["namespace"], payload["deployments"])
+    for index, pair in enumerate(originals):
         copies = (f"profile:{index}:app", f"profile:{index}:history")
-        client.copy(app, copies[0], replace=True)
-        client.copy(f"{{{app}}}:history", copies[1], replace=True)
+        for original, copy in zip(pair, copies):
+            # A key the save did not write would make the floor that of an empty hash.
+            if not client.copy(original, copy, replace=True):
+                raise BenchError(f"{original} does not exist: the floor needs the keys the save wrote")
         keys += copies
     stamp_field, written, _ = SAVES[endpoint.name]
     argv = [value or b"0" for value in client.hmget(keys[0], stamp_field, *written)]
@@ -271,7 +272,7 @@ def profile_endpoint(redis_server, receiver_url, endpoint, size, repeat):
     result.redis = {
         "redis-server CPU": _per_request(redis_seconds, done),
         "of which the save script": usec / done,
-        **_redis_floor(redis_client, endpoint, size, done),
+        **_redis_floor(redis_client, endpoint, parsed, done),
     }
     result.ceiling = _per_request(timer.seconds["ceiling"], done)
     return result
