@@ -31,7 +31,7 @@ from pathlib import Path
 from bench.ceiling import create_app as create_ceiling
 from bench.payloads import COST, FORECAST, case_bodies, firing_count
 from bench.report import CPU_RATIO_GOALS, machine
-from bench.stack import BenchError, cpu_seconds, service_settings
+from bench.stack import BenchError, cpu_seconds, run_until_done, service_settings
 from devtools.agent_receiver import AgentReceiver
 from devtools.harness import RedisServer
 from shared.store.repository import COST_FIELDS, FORECAST_FIELDS, READ_BACK, StateRepository
@@ -385,12 +385,7 @@ def main(argv=None):
     if args.requests is not None and args.requests < 1:
         parser.error("--requests must be at least 1")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    try:
-        run(args.sizes, args.requests, Path(args.output) if args.output else None)
-    except BenchError as exc:
-        print(f"profile: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_until_done("profile", lambda: run(args.sizes, args.requests, Path(args.output) if args.output else None))
 
 
 if __name__ == "__main__":

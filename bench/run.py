@@ -12,7 +12,6 @@ and the Redis counts per case), bench/report.py (the tables, the targets, RESULT
 """
 
 import argparse
-import signal
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from bench.load import FULL, QUICK, ensure_wrk, run_case
 from bench.payloads import COST, FORECAST, SIZES
 from bench.report import machine, results_markdown, table, target_checks, traffic_table
-from bench.stack import STORES, BenchError, Stack
+from bench.stack import STORES, Stack, run_until_done
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -78,10 +77,6 @@ def _choices(allowed, kind):
     return parse
 
 
-def _stop_on_sigterm(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     """Parse the options and run the benchmark; exit non-zero when it could not finish."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -103,17 +98,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     partial = args.quick or args.sizes != SIZES or args.stores != STORES
     output = args.output or (None if partial else RESULTS)
-    # SIGTERM (a CI timeout, say) takes the same path as Ctrl-C, so the finally blocks stop everything.
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    try:
-        run(QUICK if args.quick else FULL, output, args.sizes, args.stores)
-    except KeyboardInterrupt:
-        print("\nbench: interrupted; everything it started is stopped", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_until_done("bench", lambda: run(QUICK if args.quick else FULL, output, args.sizes, args.stores))
 
 
 if __name__ == "__main__":

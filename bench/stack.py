@@ -2,6 +2,8 @@
 
 import contextlib
 import os
+import signal
+import sys
 from pathlib import Path
 
 import redis
@@ -21,6 +23,27 @@ COOLDOWN_SECONDS = 3600
 
 class BenchError(RuntimeError):
     """The benchmark cannot go on; the message says why."""
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run_until_done(name, work):
+    """Run `work()` for the command `name`; its exit status: 0, 1 on a BenchError, 130 when interrupted.
+
+    SIGTERM (a CI timeout, say) takes the same path as Ctrl-C, so the finally blocks stop everything.
+    """
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        work()
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def worker_pids(master_pid):
